@@ -23,7 +23,7 @@ class PrefillChunk:
 
 @dataclass(frozen=True, slots=True)
 class BatchShape:
-    """The work of one engine step: prefill chunks plus `decode_count` decodes over `decode_context` tokens."""
+    """One engine step's work: prefill chunks plus `decode_count` decodes over `decode_context` tokens."""
 
     prefills: tuple[PrefillChunk, ...] = ()
     decode_count: int = 0

@@ -1,0 +1,201 @@
+"""The state model every scheduler level reads: requests, instances, and the macro-instance ring.
+
+State is plain mutable dataclasses owned by one driver (router, simulator or test); schedulers read it and
+return decisions, and the small `record_*`/`apply` methods here are the only way drivers change it, so every
+driver keeps the same bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .kv import DEFAULT_BLOCK_SIZE, blocks_for_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class SLO:
+    """Latency targets: time to first token, time per output token (seconds), and the share to meet them."""
+
+    ttft: float
+    tpot: float
+    attainment: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.ttft <= 0 or self.tpot <= 0:
+            raise ValueError(f"SLO latencies must be positive, got ttft={self.ttft} tpot={self.tpot}")
+        if not 0 < self.attainment <= 1:
+            raise ValueError(f"SLO attainment must be in (0, 1], got {self.attainment}")
+
+
+class Phase(StrEnum):
+    """What an instance's engine steps do right now (temporal disaggregation: never both)."""
+
+    IDLE = "idle"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(slots=True)
+class Request:
+    """One inference request as the schedulers see it: lengths and the times of its tokens."""
+
+    id: str
+    prompt_len: int
+    arrival: float
+    max_tokens: int | None = None
+    predicted_output: int = 0
+    generated: int = 0
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finish_time: float | None = None
+
+    @property
+    def prefilled(self) -> bool:
+        return self.first_token_time is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_time is not None
+
+    @property
+    def context_len(self) -> int:
+        """Tokens in this request's KV cache: the prompt plus what it generated."""
+        return self.prompt_len + self.generated
+
+    @property
+    def predicted_remaining(self) -> int:
+        return max(self.predicted_output - self.generated, 0)
+
+    def saved_tpot(self, tpot_slo: float, now: float) -> float:
+        """Slack banked by decoding faster than the TPOT SLO: L·S_TPOT − (now − first token).
+
+        L counts every token generated so far, the first included. Tokens are shown to users at the SLO's
+        pace, so a positive value is time the request can stand paused without missing its TPOT target.
+        """
+        if self.first_token_time is None:
+            return 0.0
+        return self.generated * tpot_slo - (now - self.first_token_time)
+
+    def ttft(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival
+
+    def tpot(self) -> float | None:
+        """Mean time per output token after the first; None until a second token exists."""
+        if self.first_token_time is None or self.last_token_time is None or self.generated < 2:
+            return None
+        return (self.last_token_time - self.first_token_time) / (self.generated - 1)
+
+
+class KVReservation(StrEnum):
+    """What the router reserves in an instance's KV cache for a request it routes there."""
+
+    PROMPT = "prompt"  # the EcoServe authors' code: prompt blocks only
+    PROMPT_AND_OUTPUT = "prompt+output"  # ours: prompt plus the predicted output
+
+
+def reserved_tokens(request: Request, mode: KVReservation) -> int:
+    """Tokens of KV a request is counted for: what it holds now, or more if its prediction says it will."""
+    if mode is KVReservation.PROMPT:
+        return request.context_len
+    return request.prompt_len + max(request.generated, request.predicted_output)
+
+
+@dataclass(slots=True)
+class InstanceState:
+    """One serving instance (one engine) as its macro scheduler tracks it."""
+
+    id: str
+    kv_blocks_total: int
+    block_size: int = DEFAULT_BLOCK_SIZE
+    phase: Phase = Phase.IDLE
+    last_activation: float | None = None
+    accepting: bool = True
+    requests: dict[str, Request] = field(default_factory=dict)
+    kv_blocks_used_observed: int | None = None
+
+    def pending_prefills(self) -> list[Request]:
+        """Requests routed here that have no first token yet, oldest first."""
+        return [r for r in self.requests.values() if not r.prefilled]
+
+    def decoding(self) -> list[Request]:
+        return [r for r in self.requests.values() if r.prefilled]
+
+    def reserved_blocks(self, mode: KVReservation) -> int:
+        return sum(
+            blocks_for_tokens(reserved_tokens(r, mode), self.block_size) for r in self.requests.values()
+        )
+
+    def free_blocks(self, mode: KVReservation) -> int:
+        """Blocks not yet promised: the stricter of the router's own accounting and the engine's report."""
+        used = self.reserved_blocks(mode)
+        if self.kv_blocks_used_observed is not None:
+            used = max(used, self.kv_blocks_used_observed)
+        return self.kv_blocks_total - used
+
+    def record_first_token(self, request_id: str, now: float) -> None:
+        r = self.requests[request_id]
+        r.first_token_time = now
+        r.last_token_time = now
+        r.generated = max(r.generated, 1)
+
+    def record_tokens(self, request_id: str, count: int, now: float) -> None:
+        r = self.requests[request_id]
+        if r.first_token_time is None:
+            self.record_first_token(request_id, now)
+            count -= 1
+        r.generated += count
+        r.last_token_time = now
+
+    def record_finish(self, request_id: str, now: float) -> Request:
+        r = self.requests.pop(request_id)
+        r.finish_time = now
+        return r
+
+
+@dataclass(slots=True)
+class MacroInstanceState:
+    """Instances in ring order, the active pointer of rolling activation, and the router's hold queue."""
+
+    instances: list[InstanceState]
+    active: int = 0
+    held: deque[Request] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        ids = [i.id for i in self.instances]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"instance ids must be unique, got {ids}")
+        if self.instances and not 0 <= self.active < len(self.instances):
+            raise ValueError(f"active index {self.active} outside the ring of {len(self.instances)}")
+
+    def index_of(self, instance_id: str) -> int:
+        for k, inst in enumerate(self.instances):
+            if inst.id == instance_id:
+                return k
+        raise KeyError(instance_id)
+
+    def instance(self, instance_id: str) -> InstanceState:
+        return self.instances[self.index_of(instance_id)]
+
+    def activate(self, index: int, now: float) -> None:
+        """Make `index` the instance that takes new prefills (rolling activation)."""
+        if index != self.active or self.instances[index].last_activation is None:
+            self.instances[index].last_activation = now
+        self.active = index
+
+    def add_instance(self, instance: InstanceState) -> None:
+        """Join the end of the ring."""
+        if any(i.id == instance.id for i in self.instances):
+            raise ValueError(f"instance {instance.id} is already in the ring")
+        self.instances.append(instance)
+
+    def remove_instance(self, instance_id: str) -> InstanceState:
+        """Leave the ring; the active pointer keeps pointing at the same instance (or its successor)."""
+        k = self.index_of(instance_id)
+        inst = self.instances.pop(k)
+        if k < self.active:
+            self.active -= 1
+        elif self.active >= len(self.instances):
+            self.active = 0
+        return inst

@@ -1,0 +1,147 @@
+"""The mitosis planner: grow, shrink, split, merge, bounds, hysteresis and cooldown."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecoserve.brain.mitosis import (
+    Action,
+    MacroObservation,
+    MitosisPlanner,
+    MitosisSettings,
+    apply_to_sizes,
+)
+from ecoserve.brain.state import SLO
+
+SLO5 = SLO(ttft=5.0, tpot=0.1, attainment=0.9)
+
+
+def planner(**kw) -> MitosisPlanner:
+    base = {"slo": SLO5, "min_instances": 6, "max_instances": 11, "cooldown": 60.0, "shrink_windows": 3}
+    return MitosisPlanner(MitosisSettings(**(base | kw)))
+
+
+def hot(name: str, size: int) -> MacroObservation:
+    return MacroObservation(name, size, requests=100, ttft_mean=7.0, ttft_attainment=0.6, saved_tpot=0.5)
+
+
+def cold(name: str, size: int) -> MacroObservation:
+    return MacroObservation(name, size, requests=100, ttft_mean=0.5, ttft_attainment=1.0, saved_tpot=30.0)
+
+
+def ok(name: str, size: int) -> MacroObservation:
+    return MacroObservation(name, size, requests=100, ttft_mean=2.0, ttft_attainment=0.95, saved_tpot=5.5)
+
+
+def test_grow_when_mean_ttft_exceeds_the_slo_filling_the_fullest_partial_macro_instance():
+    d = planner().plan([hot("g-1", 11), ok("g-2", 7), ok("g-3", 9)], now=0.0)
+    assert (d.action, d.target) == (Action.GROW, "g-3")
+    assert dict(d.figures)["ttft_mean"] == 7.0
+
+
+def test_rejected_requests_are_a_grow_signal():
+    obs = MacroObservation("g-1", 6, requests=0, rejected=3)
+    assert planner().plan([obs], now=0.0).action is Action.GROW
+
+
+def test_full_macro_instance_splits_in_halves_with_one_new_instance():
+    d = planner().plan([hot("g-1", 11)], now=0.0)
+    assert (d.action, d.target, d.move) == (Action.SPLIT, "g-1", 5)
+    assert apply_to_sizes({"g-1": 11}, d, "g-2") == {"g-1": 6, "g-2": 6}
+
+
+def test_shrink_needs_sustained_slack_then_takes_the_smallest_above_min():
+    p = planner()
+    group = [cold("g-1", 11), cold("g-2", 7)]
+    assert [p.plan(group, now=t).action for t in (0, 1)] == [Action.NONE, Action.NONE]
+    d = p.plan(group, now=2)
+    assert (d.action, d.target) == (Action.SHRINK, "g-2")
+
+
+def test_one_warm_window_resets_the_shrink_streak():
+    p = planner()
+    group = [cold("g-1", 8)]
+    p.plan(group, 0)
+    p.plan(group, 1)
+    p.plan([ok("g-1", 8)], 2)
+    assert p.plan(group, 3).action is Action.NONE
+
+
+def test_saved_tpot_inside_the_band_is_not_a_shrink_signal():
+    # band top for n=8: 5·9/8 = 5.625 s; 5.5 s of saved TPOT is inside it.
+    p = planner(shrink_windows=1)
+    assert p.plan([ok("g-1", 8)], 0).action is Action.NONE
+    assert p.plan([cold("g-1", 8)], 1).action is Action.SHRINK
+
+
+def test_shrink_at_min_merges_two_macro_instances_dropping_one():
+    d = planner(shrink_windows=1).plan([cold("g-1", 6), cold("g-2", 6)], now=0.0)
+    assert (d.action, d.target, d.source, d.remove) == (Action.MERGE, "g-2", "g-1", 1)
+    assert apply_to_sizes({"g-1": 6, "g-2": 6}, d, "unused") == {"g-2": 11}
+
+
+def test_single_macro_instance_at_min_stays():
+    d = planner(shrink_windows=1).plan([cold("g-1", 6)], now=0.0)
+    assert (d.action, d.reason) == (Action.NONE, "at_min_instances")
+
+
+def test_idle_macro_instances_shrink():
+    idle = MacroObservation("g-1", 9)
+    assert planner(shrink_windows=1).plan([idle], now=0.0).action is Action.SHRINK
+
+
+def test_small_macro_instances_merge_without_a_load_signal():
+    p = MitosisPlanner(MitosisSettings(slo=SLO5, min_instances=1, max_instances=8))
+    d = p.plan([ok("a", 3), ok("b", 4), ok("c", 8)], now=0.0)
+    assert (d.action, d.source, d.target, d.remove) == (Action.MERGE, "a", "b", 0)
+
+
+def test_cooldown_blocks_any_action():
+    p = planner()
+    d = p.plan([hot("g-1", 8)], now=100.0, last_change=50.0)
+    assert (d.action, d.reason) == (Action.NONE, "cooldown")
+    assert p.plan([hot("g-1", 8)], now=111.0, last_change=50.0).action is Action.GROW
+
+
+def test_grow_hysteresis_needs_consecutive_windows():
+    p = planner(grow_windows=2)
+    assert p.plan([hot("g-1", 8)], 0).action is Action.NONE
+    assert p.plan([hot("g-1", 8)], 1).action is Action.GROW
+
+
+def test_group_cap_on_total_instances():
+    d = planner(max_total_instances=16).plan([hot("a", 10), ok("b", 6)], now=0.0)
+    assert (d.action, d.reason) == (Action.NONE, "at_max_total_instances")
+
+
+def test_out_of_bounds_sizes_are_walked_back():
+    assert planner().plan([ok("g-1", 4)], 0).action is Action.GROW
+    assert planner().plan([ok("g-1", 13)], 0).action is Action.SHRINK
+
+
+def test_settings_refuse_bounds_that_cannot_split():
+    with pytest.raises(ValueError, match="2\\*minInstances"):
+        MitosisSettings(slo=SLO5, min_instances=6, max_instances=10)
+    with pytest.raises(ValueError, match="minInstances <= maxInstances"):
+        MitosisSettings(slo=SLO5, min_instances=5, max_instances=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bounds=st.integers(1, 6).flatmap(lambda lo: st.tuples(st.just(lo), st.integers(2 * lo - 1, 2 * lo + 8))),
+    rounds=st.lists(st.lists(st.sampled_from(["hot", "cold", "ok", "idle"]), min_size=1, max_size=6), max_size=25),
+)
+def test_sizes_stay_within_bounds(bounds, rounds):
+    lo, hi = bounds
+    hi = max(hi, lo)
+    p = MitosisPlanner(MitosisSettings(slo=SLO5, min_instances=lo, max_instances=hi, cooldown=0, shrink_windows=1))
+    sizes = {"m0": lo}
+    make = {"hot": hot, "cold": cold, "ok": ok, "idle": lambda n, s: MacroObservation(n, s)}
+    for t, kinds in enumerate(rounds):
+        names = sorted(sizes)
+        group = [make[kinds[k % len(kinds)]](name, sizes[name]) for k, name in enumerate(names)]
+        d = p.plan(group, now=float(t))
+        sizes = apply_to_sizes(sizes, d, f"m{t + 1}")
+        assert all(lo <= n <= hi for n in sizes.values()), (d, sizes)
