@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import LinearStepModel, make_instance, make_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import LinearStepModel, make_instance, make_request
 from ecoserve.brain.macro import (
     Check,
     MacroScheduler,
@@ -219,7 +219,9 @@ ops = st.lists(
     queue_limit=st.integers(0, 5),
 )
 def test_routing_invariants(ops, n, blocks, aggregate, kv, queue_limit):
-    s = scheduler(slack_aggregate=aggregate, kv_reservation=kv, queue_limit=queue_limit, max_batched_tokens=2048)
+    s = scheduler(
+        slack_aggregate=aggregate, kv_reservation=kv, queue_limit=queue_limit, max_batched_tokens=2048
+    )
     state = ring(*(make_instance(f"i{k}", blocks=blocks) for k in range(n)))
     now = 0.0
     submitted: set[str] = set()

@@ -1,0 +1,57 @@
+"""Argument parsing and dispatch for `ecoserve <subcommand>`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+
+from . import profile
+
+Handler = Callable[[argparse.Namespace], int]
+
+# Subcommands whose implementation lands with a later issue: (help, issue that brings it).
+PLANNED: dict[str, tuple[str, int]] = {
+    "up": ("run a local macro instance (workers + router) on 127.0.0.1", 3),
+    "worker": ("run one serving instance (simulated engine or vLLM)", 3),
+    "router": ("run the macro-instance router (adaptive routing, rolling activation)", 3),
+    "gateway": ("run the overall scheduler in front of a group's routers", 3),
+    "operator": ("run the kopf operator for MacroInstance resources", 6),
+    "simulate": ("discrete-event simulation and goodput study of serving strategies", 4),
+    "bench": ("replay a trace or synthetic workload against an OpenAI-compatible endpoint", 3),
+}
+
+
+def _planned(name: str, issue: int) -> Handler:
+    def run(_: argparse.Namespace) -> int:
+        print(
+            f"ecoserve {name}: not available yet in this version (planned in issue #{issue}).",
+            file=sys.stderr,
+        )
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecoserve",
+        description="EcoServe on Kubernetes: partially disaggregated LLM serving on commodity GPU clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('ecoserve')}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, issue) in PLANNED.items():
+        p = sub.add_parser(name, help=help_text, description=f"{help_text} (planned in issue #{issue})")
+        p.set_defaults(handler=_planned(name, issue), accepts_any_flags=True)
+    profile.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_any_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    handler: Handler = args.handler
+    return handler(args)

@@ -1,0 +1,91 @@
+"""The package layout and the `ecoserve` command as a user meets them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ecoserve.cli.main import PLANNED, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("flags", [[], ["-S"]])
+def test_stdlib_operator_is_never_shadowed_from_the_repo_root(flags):
+    code = (
+        "import sys; sys.path.insert(0, '');"
+        "import operator, collections; assert hasattr(operator, 'itemgetter'), operator.__file__;"
+        "print(operator.__file__)"
+    )
+    out = subprocess.run([sys.executable, *flags, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert not out.stdout.strip().startswith(str(ROOT))
+
+
+def test_component_packages_import_as_subpackages_from_the_repo_root():
+    code = "import operator, collections; import ecoserve.operator.labels, ecoserve.router, ecoserve.worker"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for name in [*PLANNED, "profile"]:
+        assert name in text
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "ecoserve"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "simulate" in out.stdout
+
+
+def test_planned_subcommand_says_so_and_fails(capsys):
+    assert main(["operator", "--namespace", "x"]) == 2
+    assert "issue #6" in capsys.readouterr().err
+
+
+def test_unknown_flag_of_a_real_subcommand_is_named(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["profile", "validate", "x.csv", "--bogus"])
+    assert exc.value.code == 2 and "--bogus" in capsys.readouterr().err
+
+
+def test_profile_validate_names_a_missing_file(capsys):
+    assert main(["profile", "validate", "/nonexistent/mlp.csv"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_worker_selector_is_stable_and_names_role_and_macro_instance():
+    from ecoserve.operator.labels import worker_selector
+
+    assert worker_selector("llama-1") == "ecoserve.io/macroinstance=llama-1,ecoserve.io/role=worker"
+
+
+def test_profile_validate_names_the_wrong_gpu_flag(capsys):
+    profile = ROOT.parent / "shared" / "data" / "profiles" / "h100" / "Llama-2-7b-hf" / "mlp.csv"
+    assert main(["profile", "validate", str(profile), "--gpu", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpu" in err and "h100" in err
+
+
+def test_profile_validate_json_has_the_error_summary(capsys):
+    profile = ROOT.parent / "shared" / "data" / "profiles" / "a100" / "Llama-2-70b-hf" / "mlp.csv"
+    assert main(["profile", "validate", str(profile), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 1044
+    assert 0 <= summary["median_abs_err"] <= summary["p90_abs_err"] <= 0.25
+
+
+def test_profile_calibrate_prints_the_fitted_factors(capsys):
+    profile = ROOT.parent / "shared" / "data" / "profiles" / "h100" / "Llama-2-7b-hf" / "mlp.csv"
+    assert main(["profile", "calibrate", str(profile)]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert 0 < fitted["gemm_compute"] <= 1 and fitted["kernel_overhead_s"] > 0
