@@ -171,7 +171,7 @@ class MacroScheduler:
         """Where `request` goes now, trying the active instance first and then the ring in order."""
         if not state.instances:
             return RoutingDecision(request.id, Outcome.HOLD, "no_instances")
-        if all(self.needed_blocks(request, i.block_size) > i.kv_blocks_total for i in state.instances):
+        if self._too_large(state, request):
             return RoutingDecision(request.id, Outcome.REJECT, "too_large")
         n = len(state.instances)
         checks: list[InstanceCheck] = []
@@ -183,11 +183,17 @@ class MacroScheduler:
                 return RoutingDecision(request.id, Outcome.ROUTE, "ok", c.instance_id, k > 0, tuple(checks))
         return RoutingDecision(request.id, Outcome.HOLD, "no_instance_fits", checks=tuple(checks))
 
+    def _too_large(self, state: MacroInstanceState, request: Request) -> bool:
+        """No instance of the ring could ever hold the request, even empty."""
+        return bool(state.instances) and all(
+            self.needed_blocks(request, i.block_size) > i.kv_blocks_total for i in state.instances
+        )
+
     def submit(self, state: MacroInstanceState, request: Request, now: float) -> list[RoutingDecision]:
         """Admit a new request: earlier held requests get their turn first (FIFO), then this one is routed,
         held, or rejected when the queue is full. Returns every decision taken, this request's last."""
         decisions = self.retry_held(state, now)
-        if state.held:
+        if state.held and not self._too_large(state, request):
             decision = RoutingDecision(request.id, Outcome.HOLD, "queue_fifo")
         else:
             decision = self.decide(state, request, now)

@@ -228,34 +228,43 @@ def test_routing_invariants(ops, n, blocks, aggregate, kv, queue_limit):
     rejected: set[str] = set()
     finished: set[str] = set()
 
-    def check_decision(before: MacroInstanceState, d) -> None:
-        assert d.reason
-        start = before.active
-        if d.checks:
-            order = [c.instance_id for c in d.checks]
-            assert order == [before.instances[(start + k) % n].id for k in range(len(order))]
-        if d.outcome is Outcome.ROUTE:
-            assert all(c.result is not Check.OK for c in d.checks[:-1]) and d.checks[-1].result is Check.OK
-            inst = state.instance(d.instance_id)
-            assert inst.reserved_blocks(kv) <= inst.kv_blocks_total
-            assert state.instances[state.active].id == d.instance_id
-        elif d.outcome is Outcome.HOLD and d.reason == "no_instance_fits":
-            request = next(r for r in before.held if r.id == d.request_id) if before.held else None
-            request = request or pending_request
-            assert all(s.check(i, request, now).result is not Check.OK for i in before.instances)
+    def check_batch(before: MacroInstanceState, decisions, new_request=None) -> None:
+        """Decisions of one call, in order: each starts at the instance the previous route activated."""
+        expected_start = before.active
+        routed_before = False
+        for d in decisions:
+            assert d.reason
+            if d.checks:
+                order = [c.instance_id for c in d.checks]
+                assert order == [before.instances[(expected_start + k) % n].id for k in range(len(order))]
+            if d.outcome is Outcome.ROUTE:
+                assert (
+                    all(c.result is not Check.OK for c in d.checks[:-1]) and d.checks[-1].result is Check.OK
+                )
+                inst = state.instance(d.instance_id)
+                assert inst.reserved_blocks(kv) <= inst.kv_blocks_total
+                expected_start = before.index_of(d.instance_id)
+                routed_before = True
+            elif d.outcome is Outcome.HOLD and d.reason == "no_instance_fits" and not routed_before:
+                # No instance passes its check: recompute every check on the state the decision saw.
+                request = next((r for r in before.held if r.id == d.request_id), new_request)
+                assert all(s.check(i, request, now).result is not Check.OK for i in before.instances)
+            elif d.outcome is Outcome.REJECT:
+                rejected.add(d.request_id)
+        if decisions and any(d.outcome is Outcome.ROUTE for d in decisions):
+            last = next(d for d in reversed(decisions) if d.outcome is Outcome.ROUTE)
+            assert state.instances[state.active].id == last.instance_id
 
     for kind, a, b in ops:
         if kind == "submit":
             rid = f"r{len(submitted)}"
-            pending_request = make_request(rid, prompt=a, arrival=now, predicted=b)
+            request = make_request(rid, prompt=a, arrival=now, predicted=b)
             before = copy.deepcopy(state)
-            decisions = s.submit(state, pending_request, now)
+            decisions = s.submit(state, request, now)
             submitted.add(rid)
             assert decisions[-1].request_id == rid
-            for d in decisions:
-                check_decision(before, d)
-                if d.outcome is Outcome.REJECT:
-                    rejected.add(d.request_id)
+            assert all(d.outcome is not Outcome.HOLD for d in decisions[:-1])
+            check_batch(before, decisions, request)
         else:
             live = [(inst, r) for inst in state.instances for r in inst.requests.values()]
             if kind == "tick":
@@ -267,10 +276,9 @@ def test_routing_invariants(ops, n, blocks, aggregate, kv, queue_limit):
                 else:
                     finished.add(inst.record_finish(r.id, now).id)
             before = copy.deepcopy(state)
-            pending_request = None
-            for d in s.retry_held(state, now):
-                check_decision(before, d)
-                assert d.outcome is not Outcome.HOLD
+            decisions = s.retry_held(state, now)
+            assert all(d.outcome is not Outcome.HOLD for d in decisions)
+            check_batch(before, decisions)
         on_instances = {r for inst in state.instances for r in inst.requests}
         held = {r.id for r in state.held}
         # Never lost: every request is in exactly one place.
