@@ -181,7 +181,7 @@ def _prefill_priority(
     free = total_blocks - sum(blocks_for_tokens(r.context_len, block_size) for r in running)
     admit: list[str] = []
     for r in waiting:
-        need = blocks_for_tokens(r.prompt_len, block_size)
+        need = blocks_for_tokens(r.context_len, block_size)  # a preempted request recomputes its output too
         if need > free:
             break
         free -= need
