@@ -175,13 +175,9 @@ class CostModel:
         chunks = [c for c in batch.prefills if c.new_tokens > 0]
         if chunks:
             # Causal: new token i sees the cached tokens and new tokens 1..i.
-            pairs = sum(
-                c.new_tokens * c.cached_tokens + c.new_tokens * (c.new_tokens + 1) / 2 for c in chunks
-            )
+            pairs = sum(c.new_tokens * c.cached_tokens + c.new_tokens * (c.new_tokens + 1) / 2 for c in chunks)
             # Q read and O written per new token; K, V read for every visible token and written for new ones.
-            elements = sum(
-                2 * c.new_tokens * (q + kv) + 2 * (c.cached_tokens + c.new_tokens) * kv for c in chunks
-            )
+            elements = sum(2 * c.new_tokens * (q + kv) + 2 * (c.cached_tokens + c.new_tokens) * kv for c in chunks)
             total += self._roofline(4 * heads * s.head_dim * pairs, elements * dt)
         if batch.decode_count > 0:
             context = batch.decode_context
@@ -219,11 +215,7 @@ class CostModel:
             return 0.0
         s = self.shape
         hidden_bytes = tokens * s.hidden_size * s.dtype_bytes
-        layer = (
-            self.layer_linear_time(tokens)
-            + self.attention_time(batch)
-            + 2 * self._all_reduce_time(hidden_bytes)
-        )
+        layer = self.layer_linear_time(tokens) + self.attention_time(batch) + 2 * self._all_reduce_time(hidden_bytes)
         num_seqs = sum(1 for c in batch.prefills if c.new_tokens > 0) + batch.decode_count
         return (
             s.num_layers * layer
@@ -265,10 +257,7 @@ def fit_efficiency(samples: Sequence[LayerSample], start: Efficiency = _NEUTRAL_
     efficiency, seen = start, set()
     while True:
         terms = np.array(
-            [
-                CostModel(x.shape, x.gpu, x.tp, efficiency=efficiency).linear_terms(x.num_tokens)
-                for x in samples
-            ]
+            [CostModel(x.shape, x.gpu, x.tp, efficiency=efficiency).linear_terms(x.num_tokens) for x in samples]
         )
         key = terms.tobytes()  # the terms change only when some GEMM changes bound
         if key in seen:
@@ -338,9 +327,7 @@ def load_prefill_table(path: Path, fallback: StepTimeModel) -> MeasuredPrefillTa
         reader = csv.DictReader(f)
         missing = [c for c in PREFILL_TABLE_COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
-            raise ValueError(
-                f"{path}: prefill table lacks column(s) {', '.join(missing)}; has {reader.fieldnames}"
-            )
+            raise ValueError(f"{path}: prefill table lacks column(s) {', '.join(missing)}; has {reader.fieldnames}")
         rows = []
         for line, row in enumerate(reader, start=2):
             try:

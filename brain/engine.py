@@ -231,9 +231,7 @@ class EngineModel:
         self.preemptions += 1
         self.waiting.appendleft(entry)
 
-    def _allocate(
-        self, work: Iterable[tuple[str, int]]
-    ) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    def _allocate(self, work: Iterable[tuple[str, int]]) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
         """Give each planned item the blocks it needs, in order, within the step's token and sequence caps.
 
         A running request short of blocks preempts the most recently admitted running request not yet

@@ -41,13 +41,9 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"{self.name}: hidden_size {self.hidden_size} is not a multiple of {self.num_heads} heads"
-            )
+            raise ValueError(f"{self.name}: hidden_size {self.hidden_size} is not a multiple of {self.num_heads} heads")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
-                f"{self.name}: {self.num_heads} heads do not group into {self.num_kv_heads} KV heads"
-            )
+            raise ValueError(f"{self.name}: {self.num_heads} heads do not group into {self.num_kv_heads} KV heads")
 
     @property
     def head_dim(self) -> int:
@@ -110,9 +106,7 @@ class ModelShape:
         )
         missing = [key for key in required if key not in config]
         if missing:
-            raise ValueError(
-                f"Hugging Face config lacks {', '.join(missing)} (a LLaMA-style config.json has them)"
-            )
+            raise ValueError(f"Hugging Face config lacks {', '.join(missing)} (a LLaMA-style config.json has them)")
         heads = int(config["num_attention_heads"])
         return cls(
             name=name or str(config.get("_name_or_path") or config.get("model_type") or "model"),

@@ -217,9 +217,7 @@ class MacroScheduler:
         return decisions
 
 
-def apply_decision(
-    state: MacroInstanceState, request: Request, decision: RoutingDecision, now: float
-) -> None:
+def apply_decision(state: MacroInstanceState, request: Request, decision: RoutingDecision, now: float) -> None:
     """Book a decision into the state: the one place routing changes it, for every driver."""
     in_queue = bool(state.held) and any(h is request for h in state.held)
     if decision.outcome is Outcome.HOLD:
@@ -233,3 +231,12 @@ def apply_decision(
         index = state.index_of(decision.instance_id)
         state.instances[index].requests[request.id] = request
         state.activate(index, now)
+
+
+def requeue(state: MacroInstanceState, request: Request) -> None:
+    """Take an accepted request back from an instance that failed before it started, to be routed again
+    first of all: nothing accepted is dropped."""
+    for inst in state.instances:
+        inst.requests.pop(request.id, None)
+    if not any(h is request for h in state.held):
+        state.held.appendleft(request)

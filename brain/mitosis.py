@@ -107,9 +107,7 @@ class MitosisPlanner:
         self.grow_streak = 0
         self.shrink_streak = 0
 
-    def plan(
-        self, group: Sequence[MacroObservation], now: float, last_change: float | None = None
-    ) -> ScalingDecision:
+    def plan(self, group: Sequence[MacroObservation], now: float, last_change: float | None = None) -> ScalingDecision:
         s = self.settings
         if not group:
             return ScalingDecision(Action.NONE, "empty_group")
@@ -151,9 +149,7 @@ class MitosisPlanner:
             target = max(partial, key=lambda m: (m.size, m is trigger, m.name))
             return ScalingDecision(Action.GROW, "ttft", target=target.name, figures=figures)
         move = (trigger.size + 1) // 2 - 1
-        return ScalingDecision(
-            Action.SPLIT, "ttft_at_max_instances", target=trigger.name, move=move, figures=figures
-        )
+        return ScalingDecision(Action.SPLIT, "ttft_at_max_instances", target=trigger.name, move=move, figures=figures)
 
     def _shrink(self, group: Sequence[MacroObservation]) -> ScalingDecision:
         s = self.settings

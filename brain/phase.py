@@ -106,9 +106,7 @@ def greedy_admission(
     return admitted
 
 
-def decode_intensity(
-    model: StepTimeModel, running: Sequence[Request], settings: PhasePolicySettings
-) -> float:
+def decode_intensity(model: StepTimeModel, running: Sequence[Request], settings: PhasePolicySettings) -> float:
     """Throughput of the current decode batch relative to a saturated one: (b/t(b)) / (ref/t(ref))."""
     b = len(running)
     if b >= settings.decode_saturation:
@@ -156,9 +154,7 @@ def next_phase(
     if settings.mode is PhaseMode.PREFILL_PRIORITY:
         return _prefill_priority(waiting, running, total_blocks, block_size)
 
-    admit = greedy_admission(
-        waiting, running, total_blocks, block_size, settings.peak_bound, settings.offsets
-    )
+    admit = greedy_admission(waiting, running, total_blocks, block_size, settings.peak_bound, settings.offsets)
     ids = tuple(r.id for r in admit)
     if current is Phase.PREFILL or not running:
         if admit:

@@ -123,9 +123,7 @@ class InstanceState:
         return [r for r in self.requests.values() if r.prefilled]
 
     def reserved_blocks(self, mode: KVReservation) -> int:
-        return sum(
-            blocks_for_tokens(reserved_tokens(r, mode), self.block_size) for r in self.requests.values()
-        )
+        return sum(blocks_for_tokens(reserved_tokens(r, mode), self.block_size) for r in self.requests.values())
 
     def free_blocks(self, mode: KVReservation) -> int:
         """Blocks not yet promised: the stricter of the router's own accounting and the engine's report."""

@@ -7,15 +7,12 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
-from . import profile
+from . import profile, router, up, worker
 
 Handler = Callable[[argparse.Namespace], int]
 
 # Subcommands whose implementation lands with a later issue: (help, issue that brings it).
 PLANNED: dict[str, tuple[str, int]] = {
-    "up": ("run a local macro instance (workers + router) on 127.0.0.1", 3),
-    "worker": ("run one serving instance (simulated engine or vLLM)", 3),
-    "router": ("run the macro-instance router (adaptive routing, rolling activation)", 3),
     "gateway": ("run the overall scheduler in front of a group's routers", 3),
     "operator": ("run the kopf operator for MacroInstance resources", 6),
     "simulate": ("discrete-event simulation and goodput study of serving strategies", 4),
@@ -45,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=f"{help_text} (planned in issue #{issue})")
         p.set_defaults(handler=_planned(name, issue), accepts_any_flags=True)
     profile.add_parser(sub)
+    worker.add_parser(sub)
+    router.add_parser(sub)
+    up.add_parser(sub)
     return parser
 
 

@@ -8,8 +8,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ecoserve.brain.hardware import UnknownPresetError, gpu_preset
+from ecoserve.brain.hardware import gpu_preset
 from ecoserve.brain.profiles import calibrate, validate_profile
+
+from .serve import preset
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Compare the cost model with a Vidur-format mlp.csv profile, row by row.",
     )
     v.add_argument("file", type=Path, help="profile CSV (Vidur mlp.csv format)")
-    v.add_argument("--gpu", help="GPU preset (default: inferred from the file's path, e.g. .../h100/...)")
+    v.add_argument(
+        "--gpu",
+        type=preset(gpu_preset),
+        help="GPU preset (default: inferred from the file's path, e.g. .../h100/...)",
+    )
     v.add_argument("--json", action="store_true", help="print one JSON object with the error summary")
     v.set_defaults(handler=_validate)
     c = actions.add_parser(
@@ -47,12 +53,7 @@ def _validate(args: argparse.Namespace) -> int:
     if _missing("validate", [args.file]):
         return 2
     try:
-        gpu = gpu_preset(args.gpu) if args.gpu else None
-    except UnknownPresetError as err:
-        print(f"ecoserve profile validate: --gpu: {err.args[0]}", file=sys.stderr)
-        return 2
-    try:
-        report = validate_profile(args.file, gpu)
+        report = validate_profile(args.file, args.gpu)
     except ValueError as err:
         print(f"ecoserve profile validate: {err}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for name in [*PLANNED, "profile"]:
+    for name in [*PLANNED, "profile", "worker", "router", "up"]:
         assert name in text
 
 
@@ -71,7 +71,9 @@ def test_worker_selector_is_stable_and_names_role_and_macro_instance():
 
 def test_profile_validate_names_the_wrong_gpu_flag(capsys):
     profile = ROOT.parent / "shared" / "data" / "profiles" / "h100" / "Llama-2-7b-hf" / "mlp.csv"
-    assert main(["profile", "validate", str(profile), "--gpu", "nope"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["profile", "validate", str(profile), "--gpu", "nope"])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--gpu" in err and "h100" in err
 

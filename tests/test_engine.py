@@ -16,15 +16,11 @@ MODEL = LinearStepModel(fixed=0.01, per_token=0.001)
 
 
 def engine(blocks: int = 1000, mode: PhaseMode = PhaseMode.PREFILL_PRIORITY, **kw) -> EngineModel:
-    return EngineModel(
-        EngineConfig(kv_blocks=blocks, **kw), MODEL, TemporalPolicy(PhasePolicySettings(mode=mode))
-    )
+    return EngineModel(EngineConfig(kv_blocks=blocks, **kw), MODEL, TemporalPolicy(PhasePolicySettings(mode=mode)))
 
 
 def req(rid: str, prompt: int, out: int, arrival: float = 0.0, predicted: int | None = None) -> Request:
-    return Request(
-        rid, prompt, arrival, max_tokens=out, predicted_output=out if predicted is None else predicted
-    )
+    return Request(rid, prompt, arrival, max_tokens=out, predicted_output=out if predicted is None else predicted)
 
 
 def drive(e: EngineModel, arrivals: list[Request], limit: int = 100_000) -> list[Step]:

@@ -104,9 +104,7 @@ def test_quantile_slack_accepts_when_the_attainment_share_keeps_its_slack():
     assert d.instance_id == "a"
 
 
-@pytest.mark.parametrize(
-    ("mode", "expected"), [(KVReservation.PROMPT_AND_OUTPUT, "b"), (KVReservation.PROMPT, "a")]
-)
+@pytest.mark.parametrize(("mode", "expected"), [(KVReservation.PROMPT_AND_OUTPUT, "b"), (KVReservation.PROMPT, "a")])
 def test_kv_check_counts_the_predicted_output_when_set(mode, expected):
     # 10 blocks of 16 = 160 tokens; r needs 100 prompt (7 blocks) + 100 predicted (13 blocks in all).
     state = ring(make_instance("a", blocks=10), make_instance("b"))
@@ -219,9 +217,7 @@ ops = st.lists(
     queue_limit=st.integers(0, 5),
 )
 def test_routing_invariants(ops, n, blocks, aggregate, kv, queue_limit):
-    s = scheduler(
-        slack_aggregate=aggregate, kv_reservation=kv, queue_limit=queue_limit, max_batched_tokens=2048
-    )
+    s = scheduler(slack_aggregate=aggregate, kv_reservation=kv, queue_limit=queue_limit, max_batched_tokens=2048)
     state = ring(*(make_instance(f"i{k}", blocks=blocks) for k in range(n)))
     now = 0.0
     submitted: set[str] = set()
@@ -238,9 +234,7 @@ def test_routing_invariants(ops, n, blocks, aggregate, kv, queue_limit):
                 order = [c.instance_id for c in d.checks]
                 assert order == [before.instances[(expected_start + k) % n].id for k in range(len(order))]
             if d.outcome is Outcome.ROUTE:
-                assert (
-                    all(c.result is not Check.OK for c in d.checks[:-1]) and d.checks[-1].result is Check.OK
-                )
+                assert all(c.result is not Check.OK for c in d.checks[:-1]) and d.checks[-1].result is Check.OK
                 inst = state.instance(d.instance_id)
                 assert inst.reserved_blocks(kv) <= inst.kv_blocks_total
                 expected_start = before.index_of(d.instance_id)

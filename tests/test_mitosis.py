@@ -131,16 +131,12 @@ def test_settings_refuse_bounds_that_cannot_split():
 @settings(max_examples=200, deadline=None)
 @given(
     bounds=st.integers(1, 6).flatmap(lambda lo: st.tuples(st.just(lo), st.integers(2 * lo - 1, 2 * lo + 8))),
-    rounds=st.lists(
-        st.lists(st.sampled_from(["hot", "cold", "ok", "idle"]), min_size=1, max_size=6), max_size=25
-    ),
+    rounds=st.lists(st.lists(st.sampled_from(["hot", "cold", "ok", "idle"]), min_size=1, max_size=6), max_size=25),
 )
 def test_sizes_stay_within_bounds(bounds, rounds):
     lo, hi = bounds
     hi = max(hi, lo)
-    p = MitosisPlanner(
-        MitosisSettings(slo=SLO5, min_instances=lo, max_instances=hi, cooldown=0, shrink_windows=1)
-    )
+    p = MitosisPlanner(MitosisSettings(slo=SLO5, min_instances=lo, max_instances=hi, cooldown=0, shrink_windows=1))
     sizes = {"m0": lo}
     make = {"hot": hot, "cold": cold, "ok": ok, "idle": lambda n, s: MacroObservation(n, s)}
     for t, kinds in enumerate(rounds):

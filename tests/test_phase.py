@@ -97,9 +97,7 @@ def test_tdpipe_keeps_decoding_when_pipeline_bubbles_outweigh_the_gain():
 
 def test_tdpipe_returns_to_decode_when_the_predicted_peak_is_reached():
     running = [make_request(f"d{k}", prompt=16, predicted=10, first=0.0) for k in range(5)]  # peak 10
-    d = next_phase(
-        Phase.PREFILL, [make_request("w", prompt=16, predicted=10)], running, 11, 16, MODEL, TDPIPE
-    )
+    d = next_phase(Phase.PREFILL, [make_request("w", prompt=16, predicted=10)], running, 11, 16, MODEL, TDPIPE)
     assert (d.phase, d.reason) == (Phase.DECODE, "kv_peak_bound")
 
 

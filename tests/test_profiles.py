@@ -14,9 +14,7 @@ from ecoserve.brain.profiles import REQUIRED_COLUMNS, calibrate, gpu_from_path, 
 
 PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles"
 SHARED = [
-    PROFILES / gpu / model / "mlp.csv"
-    for gpu in ("h100", "a100")
-    for model in ("Llama-2-7b-hf", "Llama-2-70b-hf")
+    PROFILES / gpu / model / "mlp.csv" for gpu in ("h100", "a100") for model in ("Llama-2-7b-hf", "Llama-2-70b-hf")
 ]
 needs_profiles = pytest.mark.skipif(not PROFILES.is_dir(), reason=f"shared profiles not found at {PROFILES}")
 
@@ -108,9 +106,7 @@ def test_a_missing_column_is_named(tmp_path: Path) -> None:
 
 
 def test_a_bad_value_names_its_line(tmp_path: Path) -> None:
-    path = _write_profile(
-        tmp_path / "a100" / "m" / "mlp.csv", list(REQUIRED_COLUMNS), {**ROW, "n_embd": "wide"}
-    )
+    path = _write_profile(tmp_path / "a100" / "m" / "mlp.csv", list(REQUIRED_COLUMNS), {**ROW, "n_embd": "wide"})
     with pytest.raises(ValueError, match=r"mlp\.csv:2: "):
         validate_profile(path)
 

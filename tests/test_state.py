@@ -36,9 +36,7 @@ def test_reservation_modes():
     assert reserved_tokens(r, KVReservation.PROMPT_AND_OUTPUT) == 150
 
 
-@pytest.mark.parametrize(
-    ("active", "removed", "expected_active_id"), [(1, "a", "b"), (1, "b", "c"), (2, "c", "a")]
-)
+@pytest.mark.parametrize(("active", "removed", "expected_active_id"), [(1, "a", "b"), (1, "b", "c"), (2, "c", "a")])
 def test_removing_an_instance_keeps_the_active_pointer_sensible(active, removed, expected_active_id):
     state = MacroInstanceState([make_instance(i) for i in "abc"], active=active)
     state.remove_instance(removed)

@@ -1,0 +1,72 @@
+"""Shared pieces of the subcommands: flag types that name the wrong flag, and running a server."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+import uvicorn
+from fastapi import FastAPI
+
+from ecoserve.brain.costmodel import CostModel
+from ecoserve.brain.hardware import UnknownPresetError, gpu_preset, interconnect_preset, model_preset
+
+T = TypeVar("T")
+
+
+def preset(lookup: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type for a preset name, so a wrong one is reported against its flag with the valid names."""
+
+    def convert(name: str) -> T:
+        try:
+            return lookup(name)
+        except UnknownPresetError as err:
+            raise argparse.ArgumentTypeError(str(err.args[0])) from None
+
+    convert.__name__ = lookup.__name__
+    return convert
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def run_app(app: FastAPI, host: str, port: int, log_level: str) -> int:
+    """Serve until SIGINT/SIGTERM; uvicorn drains open connections on the way out."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def add_cost_model_flags(p: argparse.ArgumentParser) -> None:
+    """The hardware a step-time model prices: the same flags on the worker, the router and `up`."""
+    p.add_argument(
+        "--model-preset", type=preset(model_preset), default="llama-2-7b", help="model shape for the cost model"
+    )
+    p.add_argument("--gpu", type=preset(gpu_preset), default="h100", help="GPU preset for the cost model")
+    p.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel degree")
+    p.add_argument(
+        "--tp-link", type=preset(interconnect_preset), default="nvlink", help="link between tensor-parallel GPUs"
+    )
+
+
+def cost_model(args: argparse.Namespace) -> CostModel:
+    return CostModel(args.model_preset, args.gpu, tp=args.tp, pp=args.pp, tp_link=args.tp_link)

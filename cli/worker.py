@@ -1,0 +1,80 @@
+"""`ecoserve worker`: one serving instance (the simulated engine; vLLM with issue #5)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ecoserve.brain.engine import EngineConfig, EngineModel
+from ecoserve.brain.kv import kv_capacity_blocks
+from ecoserve.brain.phase import PhaseMode, PhasePolicySettings
+from ecoserve.brain.predictor import QuantilePredictor
+from ecoserve.brain.temporal import TemporalPolicy
+
+from .serve import add_cost_model_flags, cost_model, non_negative_float, positive_float, positive_int, run_app
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run one serving instance (simulated vLLM-compatible engine)",
+        description="One serving instance with vLLM's OpenAI API. --engine sim runs on a CPU with step times "
+        "from the cost model; --engine vllm (issue #5) runs vLLM with the temporal scheduler.",
+    )
+    p.add_argument("--engine", choices=["sim", "vllm"], default="sim")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100)
+    add_cost_model_flags(p)
+    p.add_argument("--kv-blocks", type=positive_int, help="KV blocks (default: derived from GPU memory)")
+    p.add_argument("--block-size", type=positive_int, default=16)
+    p.add_argument("--gpu-memory-utilization", type=positive_float, default=0.9)
+    p.add_argument("--max-num-batched-tokens", type=positive_int, default=8192)
+    p.add_argument("--max-num-seqs", type=positive_int, default=256)
+    p.add_argument("--max-model-len", type=positive_int, help="default: the whole KV cache")
+    p.add_argument("--served-model-name", help="model name in the API (default: the model preset)")
+    p.add_argument(
+        "--phase-mode",
+        choices=[m.value for m in PhaseMode],
+        default=PhaseMode.PREFILL_PRIORITY.value,
+        help="prefill-priority behind a router; tdpipe when the worker serves clients directly",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=non_negative_float,
+        default=1.0,
+        help="multiply step times (0: instant-response worker)",
+    )
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.engine == "vllm":
+        print("ecoserve worker: --engine vllm is not available yet (planned in issue #5).", file=sys.stderr)
+        return 2
+    from ecoserve.worker.app import WorkerSettings, create_app
+    from ecoserve.worker.metrics import WorkerMetrics
+    from ecoserve.worker.sim import SimEngine
+
+    shape, gpu = args.model_preset, args.gpu
+    try:
+        blocks = args.kv_blocks or kv_capacity_blocks(
+            shape, gpu, args.tp, args.pp, args.gpu_memory_utilization, args.block_size
+        )
+    except ValueError as err:
+        print(f"ecoserve worker: {err} (set --kv-blocks, --tp or --gpu)", file=sys.stderr)
+        return 2
+    config = EngineConfig(blocks, args.block_size, args.max_num_batched_tokens, args.max_num_seqs)
+    model = cost_model(args)
+    policy = TemporalPolicy(PhasePolicySettings(mode=PhaseMode(args.phase_mode), pipeline_stages=args.pp))
+    name = args.served_model_name or shape.name
+    metrics = WorkerMetrics(name, args.block_size, blocks)
+    engine = SimEngine(EngineModel(config, model, policy), QuantilePredictor(), metrics, args.time_scale)
+    settings = WorkerSettings(name, args.max_model_len or config.capacity_tokens)
+    print(
+        f"ecoserve worker (sim): {name} on {gpu.name} tp={args.tp} pp={args.pp}, {blocks} KV blocks of "
+        f"{args.block_size}, http://{args.host}:{args.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return run_app(create_app(engine, settings), args.host, args.port, args.log_level)

@@ -1,0 +1,109 @@
+"""The router's HTTP front: OpenAI-compatible routes proxied through the macro scheduler, plus health,
+readiness, Prometheus metrics and a JSON status for the gateway and operators."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ecoserve.api.http import install_error_handlers, respond
+from ecoserve.api.protocol import APIError, ChatCompletionRequest, CompletionRequest, Kind, ResponseBuilder
+
+from .core import Router
+
+INSTANCE_HEADER = "x-ecoserve-instance"
+
+WorkerSource = Callable[[Router], Awaitable[None]]
+
+
+def static_workers(urls: list[str]) -> WorkerSource:
+    """A fixed worker list (local mode); a Kubernetes label-selector watch plugs in the same way."""
+
+    async def run(router: Router) -> None:
+        await router.set_workers(urls)
+
+    return run
+
+
+def create_app(build: Callable[[httpx.AsyncClient], Router], workers: WorkerSource) -> FastAPI:
+    """`build` makes the Router around the app's HTTP client; `workers` keeps its worker set current."""
+    holder: dict[str, Router] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0, read=None)) as client:
+            router = holder["router"] = build(client)
+            await workers(router)
+            poller = asyncio.create_task(router.poll_forever(), name="router-poll")
+            yield
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    app = FastAPI(title="ecoserve router", lifespan=lifespan)
+    install_error_handlers(app)
+
+    async def proxy(kind: Kind, path: str, req: CompletionRequest | ChatCompletionRequest, raw: HTTPRequest):
+        router = holder["router"]
+        prompt = req.prompt_token_ids()
+        max_tokens = req.max_tokens if isinstance(req, CompletionRequest) else req.requested_max_tokens()
+        tracked = router.new_request(len(prompt), max_tokens)
+        pieces = router.stream(tracked, path, await raw.json())
+        builder = ResponseBuilder.new(kind, req.model or router.model_name)
+        return await respond(
+            builder,
+            pieces,
+            stream=req.stream,
+            include_usage=req.include_usage,
+            prompt_tokens=len(prompt),
+            on_close=pieces.aclose,
+            headers=lambda: {INSTANCE_HEADER: tracked.instance_id or ""},
+        )
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, raw: HTTPRequest) -> Response:
+        return await proxy(Kind.COMPLETION, "/v1/completions", req, raw)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest, raw: HTTPRequest) -> Response:
+        return await proxy(Kind.CHAT, "/v1/chat/completions", req, raw)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        router = holder["router"]
+        for worker in router.workers.values():
+            if worker.healthy:
+                with contextlib.suppress(httpx.HTTPError):
+                    resp = await router.client.get(f"{worker.url}/v1/models", timeout=5.0)
+                    if resp.status_code == 200:
+                        return JSONResponse(resp.json())
+        raise APIError(503, "no healthy worker to list models from", "ServiceUnavailable")
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        return Response(status_code=200 if holder["router"].ready() else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        router = holder["router"]
+        router.metrics.observe_instances(router)
+        return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/ecoserve/status")
+    async def status() -> dict:
+        return holder["router"].status()
+
+    return app
