@@ -45,17 +45,15 @@ def test_completions_and_chat_streamed_and_whole(up):
             model=MODEL, prompt=[11, 12, 13, 14], max_tokens=5, stream=True, stream_options={"include_usage": True}
         )
     )
-    assert (
-        "".join(ch.choices[0].text for ch in chunks if ch.choices)
-        == whole.choices[0].text[: len("".join(ch.choices[0].text for ch in chunks if ch.choices))]
-    )
+    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert text.split() == whole.choices[0].text.split()[:5]  # the same deterministic words
     assert chunks[-1].usage.completion_tokens == 5 and chunks[-1].usage.prompt_tokens == 4
     chat = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 4
-    streamed = c.chat.completions.create(
+    chat_stream = c.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
     )
-    deltas = [ch.choices[0].delta.content for ch in streamed if ch.choices and ch.choices[0].delta.content]
+    deltas = [ch.choices[0].delta.content for ch in chat_stream if ch.choices and ch.choices[0].delta.content]
     assert "".join(deltas) == chat.choices[0].message.content
 
 
