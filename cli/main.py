@@ -7,13 +7,12 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
-from . import profile, router, up, worker
+from . import gateway, profile, router, up, worker
 
 Handler = Callable[[argparse.Namespace], int]
 
 # Subcommands whose implementation lands with a later issue: (help, issue that brings it).
 PLANNED: dict[str, tuple[str, int]] = {
-    "gateway": ("run the overall scheduler in front of a group's routers", 3),
     "operator": ("run the kopf operator for MacroInstance resources", 6),
     "simulate": ("discrete-event simulation and goodput study of serving strategies", 4),
     "bench": ("replay a trace or synthetic workload against an OpenAI-compatible endpoint", 3),
@@ -45,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_parser(sub)
     router.add_parser(sub)
     up.add_parser(sub)
+    gateway.add_parser(sub)
     return parser
 
 

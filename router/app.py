@@ -35,13 +35,12 @@ def static_workers(urls: list[str]) -> WorkerSource:
 
 def create_app(build: Callable[[httpx.AsyncClient], Router], workers: WorkerSource) -> FastAPI:
     """`build` makes the Router around the app's HTTP client; `workers` keeps its worker set current."""
-    holder: dict[str, Router] = {}
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024)
         async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0, read=None)) as client:
-            router = holder["router"] = build(client)
+            router = app.state.router = build(client)
             await workers(router)
             poller = asyncio.create_task(router.poll_forever(), name="router-poll")
             yield
@@ -53,7 +52,7 @@ def create_app(build: Callable[[httpx.AsyncClient], Router], workers: WorkerSour
     install_error_handlers(app)
 
     async def proxy(kind: Kind, path: str, req: CompletionRequest | ChatCompletionRequest, raw: HTTPRequest):
-        router = holder["router"]
+        router: Router = raw.app.state.router
         prompt = req.prompt_token_ids()
         max_tokens = req.max_tokens if isinstance(req, CompletionRequest) else req.requested_max_tokens()
         tracked = router.new_request(len(prompt), max_tokens)
@@ -78,8 +77,8 @@ def create_app(build: Callable[[httpx.AsyncClient], Router], workers: WorkerSour
         return await proxy(Kind.CHAT, "/v1/chat/completions", req, raw)
 
     @app.get("/v1/models")
-    async def models() -> Response:
-        router = holder["router"]
+    async def models(raw: HTTPRequest) -> Response:
+        router: Router = raw.app.state.router
         for worker in router.workers.values():
             if worker.healthy:
                 with contextlib.suppress(httpx.HTTPError):
@@ -93,17 +92,17 @@ def create_app(build: Callable[[httpx.AsyncClient], Router], workers: WorkerSour
         return Response(status_code=200)
 
     @app.get("/ready")
-    async def ready() -> Response:
-        return Response(status_code=200 if holder["router"].ready() else 503)
+    async def ready(raw: HTTPRequest) -> Response:
+        return Response(status_code=200 if raw.app.state.router.ready() else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
-        router = holder["router"]
+    async def metrics(raw: HTTPRequest) -> Response:
+        router: Router = raw.app.state.router
         router.metrics.observe_instances(router)
         return Response(generate_latest(router.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/ecoserve/status")
-    async def status() -> dict:
-        return holder["router"].status()
+    async def status(raw: HTTPRequest) -> dict:
+        return raw.app.state.router.status()
 
     return app
