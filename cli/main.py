@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
-from . import gateway, profile, router, up, worker
+from . import bench, gateway, profile, router, up, worker
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -15,7 +15,6 @@ Handler = Callable[[argparse.Namespace], int]
 PLANNED: dict[str, tuple[str, int]] = {
     "operator": ("run the kopf operator for MacroInstance resources", 6),
     "simulate": ("discrete-event simulation and goodput study of serving strategies", 4),
-    "bench": ("replay a trace or synthetic workload against an OpenAI-compatible endpoint", 3),
 }
 
 
@@ -45,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     router.add_parser(sub)
     up.add_parser(sub)
     gateway.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 
