@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
-from . import bench, gateway, profile, router, up, worker
+from . import bench, bench_router, gateway, profile, router, up, worker
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_parser(sub)
     gateway.add_parser(sub)
     bench.add_parser(sub)
+    bench_router.add_parser(sub)
     return parser
 
 
