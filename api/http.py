@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -97,3 +102,23 @@ async def _prepend(first: TextPiece, rest: AsyncIterator[TextPiece]) -> AsyncIte
     yield first
     async for piece in rest:
         yield piece
+
+
+@asynccontextmanager
+async def upstream_client() -> AsyncIterator[httpx.AsyncClient]:
+    """The one pooled client a proxy uses for everything upstream; no read timeout (streams are long)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0, read=None)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """Run `coro` for the lifetime of the block, cancelled on the way out."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

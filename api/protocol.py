@@ -190,12 +190,7 @@ class ResponseBuilder:
 
     def chunk(self, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         if self.kind is Kind.COMPLETION:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
+            choice = _completion_choice(text, finish_reason)
         else:
             delta = {"content": text} if text else {}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -206,16 +201,15 @@ class ResponseBuilder:
 
     def full(self, text: str, finish_reason: str | None, usage: Usage) -> dict[str, Any]:
         if self.kind is Kind.COMPLETION:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
+            choice = _completion_choice(text, finish_reason)
         else:
             message = {"role": "assistant", "content": text}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         return self._envelope(False) | {"choices": [choice], "usage": usage.as_dict()}
+
+
+def _completion_choice(text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -24,6 +22,8 @@ from ecoserve.bench.workload import (
 )
 from ecoserve.brain.state import SLO
 
+from .serve import fraction, number
+
 EPILOG = """\
 Exact output lengths rely on vLLM's `min_tokens` and `ignore_eos` extensions (the report counts answers of
 another length as "wrong length"); with --api chat the prompt is text, whose length in tokens depends on the
@@ -35,28 +35,6 @@ examples:
       --rate-scale 2 --duration 300 --json azure.json
   ecoserve bench --url http://127.0.0.1:8000 --dataset sharegpt --rate 4 --arrival gamma --cv 2 --duration 120
 """
-
-
-def _number(kind: type[int] | type[float], low: float, *, inclusive: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number above `low` (or at least `low`), so a bad value names its flag."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
-        if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {low:g}, got {text}")
-        return value
-
-    return parse
-
-
-def _fraction(text: str) -> float:
-    value = _number(float, 0)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def add_workload_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,20 +54,18 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
         choices=ARRIVALS,
         help="arrival process (default: the trace's own times with --trace, poisson with --dataset)",
     )
-    w.add_argument("--rate", type=_number(float, 0), metavar="R", help="requests/s of poisson or gamma arrivals")
+    w.add_argument("--rate", type=number(float, 0), metavar="R", help="requests/s of poisson or gamma arrivals")
     w.add_argument(
-        "--rate-scale", type=_number(float, 0), metavar="X", help="speed a trace's own times up: 2 = twice as fast"
+        "--rate-scale", type=number(float, 0), metavar="X", help="speed a trace's own times up: 2 = twice as fast"
     )
-    w.add_argument("--cv", type=_number(float, 0), help="coefficient of variation of gamma inter-arrival times")
-    w.add_argument("--input-len", type=_number(float, 1, inclusive=True), metavar="N", help="mean prompt tokens")
-    w.add_argument("--output-len", type=_number(float, 1, inclusive=True), metavar="N", help="mean output tokens")
-    w.add_argument("--duration", type=_number(float, 0), metavar="S", help="keep the arrivals of the first S seconds")
-    w.add_argument(
-        "--max-requests", type=_number(int, 1, inclusive=True), metavar="N", help="keep the first N requests"
-    )
+    w.add_argument("--cv", type=number(float, 0), help="coefficient of variation of gamma inter-arrival times")
+    w.add_argument("--input-len", type=number(float, 1, inclusive=True), metavar="N", help="mean prompt tokens")
+    w.add_argument("--output-len", type=number(float, 1, inclusive=True), metavar="N", help="mean output tokens")
+    w.add_argument("--duration", type=number(float, 0), metavar="S", help="keep the arrivals of the first S seconds")
+    w.add_argument("--max-requests", type=number(int, 1, inclusive=True), metavar="N", help="keep the first N requests")
     w.add_argument(
         "--max-context",
-        type=_number(int, 2, inclusive=True),
+        type=number(int, 2, inclusive=True),
         default=DEFAULT_MAX_CONTEXT,
         metavar="N",
         help="clip prompt + output to N tokens, prompt first; set it to the server's max_model_len "
@@ -129,18 +105,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model name to send (default: the first one GET /v1/models lists)")
     add_workload_arguments(p)
     s = p.add_argument_group("SLO")
-    s.add_argument("--ttft", type=_number(float, 0), default=5.0, metavar="S", help="TTFT SLO in seconds (5)")
-    s.add_argument("--tpot", type=_number(float, 0), default=0.1, metavar="S", help="TPOT SLO in seconds (0.1)")
-    s.add_argument(
-        "--attainment", type=_fraction, default=0.9, metavar="F", help="target share meeting both SLOs (0.9)"
-    )
+    s.add_argument("--ttft", type=number(float, 0), default=5.0, metavar="S", help="TTFT SLO in seconds (5)")
+    s.add_argument("--tpot", type=number(float, 0), default=0.1, metavar="S", help="TPOT SLO in seconds (0.1)")
+    s.add_argument("--attainment", type=fraction, default=0.9, metavar="F", help="target share meeting both SLOs (0.9)")
     c = p.add_argument_group("client")
     c.add_argument("--api", choices=APIS, default="completions", help="endpoint to call (default: completions)")
     c.add_argument(
-        "--timeout", type=_number(float, 0), default=300.0, metavar="S", help="seconds per request in all (300)"
+        "--timeout", type=number(float, 0), default=300.0, metavar="S", help="seconds per request in all (300)"
     )
     c.add_argument(
-        "--max-connections", type=_number(int, 1, inclusive=True), default=1000, metavar="N", help="pool size (1000)"
+        "--max-connections", type=number(int, 1, inclusive=True), default=1000, metavar="N", help="pool size (1000)"
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE")
     p.set_defaults(handler=_run)

@@ -13,13 +13,13 @@ from ecoserve.brain.predictor import QuantilePredictor
 from ecoserve.brain.state import SLO, KVReservation
 from ecoserve.brain.window import SloWindow
 
-from .serve import add_cost_model_flags, cost_model, positive_float, positive_int, run_app
+from .serve import add_cost_model_flags, cost_model, fraction, positive_float, positive_int, run_app
 
 
 def add_slo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ttft", type=positive_float, default=5.0, help="TTFT SLO in seconds (default 5)")
     p.add_argument("--tpot", type=positive_float, default=0.1, help="TPOT SLO in seconds (default 0.1)")
-    p.add_argument("--attainment", type=positive_float, default=0.9, help="SLO attainment target (default 0.9)")
+    p.add_argument("--attainment", type=fraction, default=0.9, help="SLO attainment target (default 0.9)")
 
 
 def add_router_flags(p: argparse.ArgumentParser) -> None:
@@ -71,8 +71,6 @@ def build_router(args: argparse.Namespace):
 
     if args.queue_limit < 0:
         raise SystemExit("ecoserve router: --queue-limit must be >= 0")
-    if not 0 < args.attainment <= 1:
-        raise SystemExit("ecoserve router: --attainment must be in (0, 1]")
     slo = SLO(args.ttft, args.tpot, args.attainment)
     model = cost_model(args)
     if args.prefill_table is not None:

@@ -3,7 +3,6 @@ readiness, Prometheus metrics and a JSON status for the gateway and operators.""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +13,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ecoserve.api.http import install_error_handlers, respond
+from ecoserve.api.http import background, install_error_handlers, respond, upstream_client
 from ecoserve.api.protocol import APIError, ChatCompletionRequest, CompletionRequest, Kind, ResponseBuilder
 
 from .core import Router
@@ -38,15 +37,11 @@ def create_app(build: Callable[[httpx.AsyncClient], Router], workers: WorkerSour
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0, read=None)) as client:
+        async with upstream_client() as client:
             router = app.state.router = build(client)
             await workers(router)
-            poller = asyncio.create_task(router.poll_forever(), name="router-poll")
-            yield
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            async with background(router.poll_forever(), "router-poll"):
+                yield
 
     app = FastAPI(title="ecoserve router", lifespan=lifespan)
     install_error_handlers(app)

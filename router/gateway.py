@@ -8,7 +8,6 @@ when one cannot be reached before it answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +19,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
-from ecoserve.api.http import install_error_handlers
+from ecoserve.api.http import background, install_error_handlers, upstream_client
 from ecoserve.api.protocol import APIError
 
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -64,14 +63,10 @@ def create_gateway(router_urls: list[str], poll_interval: float = 1.0) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0, read=None)) as client:
+        async with upstream_client() as client:
             app.state.client = client
-            task = asyncio.create_task(poll(client), name="gateway-poll")
-            yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            async with background(poll(client), "gateway-poll"):
+                yield
 
     app = FastAPI(title="ecoserve gateway", lifespan=lifespan)
     install_error_handlers(app)
