@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-batched-tokens", type=positive_int, default=8192)
     p.add_argument("--max-num-seqs", type=positive_int, default=256)
     p.add_argument("--max-model-len", type=positive_int, help="default: the whole KV cache")
+    p.add_argument("--default-chat-max-tokens", type=positive_int, default=256, help="chat max_tokens when unset")
     p.add_argument("--served-model-name", help="model name in the API (default: the model preset)")
     p.add_argument(
         "--phase-mode",
@@ -70,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     name = args.served_model_name or shape.name
     metrics = WorkerMetrics(name, args.block_size, blocks)
     engine = SimEngine(EngineModel(config, model, policy), QuantilePredictor(), metrics, args.time_scale)
-    settings = WorkerSettings(name, args.max_model_len or config.capacity_tokens)
+    settings = WorkerSettings(name, args.max_model_len or config.capacity_tokens, args.default_chat_max_tokens)
     print(
         f"ecoserve worker (sim): {name} on {gpu.name} tp={args.tp} pp={args.pp}, {blocks} KV blocks of "
         f"{args.block_size}, http://{args.host}:{args.port}",
