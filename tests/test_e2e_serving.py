@@ -173,3 +173,18 @@ def test_worker_killed_mid_stream_gives_an_explicit_error_and_others_take_over()
             ok = c.completions.with_raw_response.create(model=MODEL, prompt="z", max_tokens=3)
             assert ok.parse().usage.completion_tokens == 3
             assert ok.headers["x-ecoserve-instance"] != instance
+
+
+def test_client_disconnect_aborts_the_request_at_the_worker():
+    with macro_instance(1) as mi:
+        (worker_url,) = mi["workers"]
+        c = client(mi["url"])
+        stream, _ = _stream_until_first_token(c, 5000)
+        assert _metric(worker_url, 'vllm:num_requests_running{model_name="llama-2-7b"}') == 1
+        stream.close()
+        deadline = time.monotonic() + 10
+        while _metric(worker_url, 'vllm:num_requests_running{model_name="llama-2-7b"}') and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _metric(worker_url, 'vllm:num_requests_running{model_name="llama-2-7b"}') == 0
+        assert _metric(worker_url, 'vllm:kv_cache_usage_perc{model_name="llama-2-7b"}') == 0
+        assert _metric(mi["url"], 'ecoserve_router_requests_total{outcome="aborted"}') == 1
