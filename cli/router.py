@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from ecoserve.brain.book import MacroBook
 from ecoserve.brain.costmodel import load_prefill_table
 from ecoserve.brain.macro import MacroScheduler, MacroSchedulerSettings, SlackAggregate
 from ecoserve.brain.predictor import QuantilePredictor
@@ -87,13 +88,7 @@ def build_router(args: argparse.Namespace):
     )
 
     def build(client: httpx.AsyncClient) -> Router:
-        return Router(
-            MacroScheduler(settings, model),
-            QuantilePredictor(),
-            RouterMetrics(),
-            SloWindow(slo, args.window),
-            client,
-            RouterSettings(hold_timeout=args.hold_timeout),
-        )
+        book = MacroBook(MacroScheduler(settings, model), QuantilePredictor(), SloWindow(slo, args.window))
+        return Router(book, RouterMetrics(), client, RouterSettings(hold_timeout=args.hold_timeout))
 
     return build

@@ -21,11 +21,9 @@ import httpx
 
 from ecoserve.api.http import TextPiece
 from ecoserve.api.protocol import APIError
-from ecoserve.brain.macro import MacroScheduler, Outcome, RoutingDecision, requeue
-from ecoserve.brain.predictor import OutputLengthPredictor
-from ecoserve.brain.state import InstanceState, MacroInstanceState, Phase, Request
-from ecoserve.brain.window import Outcome as Finished
-from ecoserve.brain.window import SloWindow
+from ecoserve.brain.book import MacroBook
+from ecoserve.brain.macro import Outcome, RoutingDecision
+from ecoserve.brain.state import InstanceState, Phase, Request
 
 from .metrics import RouterMetrics
 from .upstream import WorkerInfo, parse_sse_line, probe_worker, served_model
@@ -65,22 +63,18 @@ class Tracked:
 class Router:
     def __init__(
         self,
-        scheduler: MacroScheduler,
-        predictor: OutputLengthPredictor,
+        book: MacroBook,
         metrics: RouterMetrics,
-        window: SloWindow,
         client: httpx.AsyncClient,
         settings: RouterSettings = RouterSettings(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.scheduler = scheduler
-        self.predictor = predictor
+        self.book = book
+        self.state = book.state
         self.metrics = metrics
-        self.window = window
         self.client = client
         self.settings = settings
         self.clock = clock
-        self.state = MacroInstanceState(instances=[])
         self.workers: dict[str, Worker] = {}
         self.model_name = "default"
         self._tracked: dict[str, Tracked] = {}
@@ -108,10 +102,8 @@ class Router:
 
     def _remove_worker(self, wid: str) -> None:
         """A worker leaving: requests not started there go back to the queue; running ones finish or fail."""
-        inst = self.state.remove_instance(wid)
         del self.workers[wid]
-        for request in inst.pending_prefills():
-            requeue(self.state, request)
+        self._apply(self.book.remove_instance(wid, self.clock()))
 
     def _set_health(self, worker: Worker, healthy: bool) -> None:
         worker.healthy = healthy
@@ -146,7 +138,7 @@ class Router:
 
     def _on_change(self) -> None:
         """Capacity may have freed: held requests get their turn, oldest first."""
-        self._apply(self.scheduler.retry_held(self.state, self.clock()))
+        self._apply(self.book.retry(self.clock()))
 
     def _apply(self, decisions: list[RoutingDecision]) -> None:
         for d in decisions:
@@ -159,7 +151,7 @@ class Router:
     async def _route(self, tracked: Tracked, first_attempt: bool) -> str:
         """Wait for the brain to place the request; the instance id it was routed to."""
         if first_attempt:
-            self._apply(self.scheduler.submit(self.state, tracked.request, self.clock()))
+            self._apply(self.book.submit(tracked.request, self.clock()))
         try:
             decision = await asyncio.wait_for(asyncio.shield(tracked.decided), self.settings.hold_timeout)
         except TimeoutError:
@@ -182,12 +174,8 @@ class Router:
         self.metrics.queue_depth.set(len(self.state.held))
 
     def new_request(self, prompt_len: int, max_tokens: int | None) -> Tracked:
-        predicted = self.predictor.predict(prompt_len, max_tokens)
-        request = Request(
-            f"r{next(self._ids)}", prompt_len, self.clock(), max_tokens=max_tokens, predicted_output=predicted
-        )
-        tracked = Tracked(request)
-        self._tracked[request.id] = tracked
+        tracked = Tracked(self.book.new_request(f"r{next(self._ids)}", prompt_len, max_tokens, self.clock()))
+        self._tracked[tracked.request.id] = tracked
         return tracked
 
     async def stream(self, tracked: Tracked, path: str, body: dict) -> AsyncIterator[TextPiece]:
@@ -212,8 +200,7 @@ class Router:
                     if request.first_token_time is not None or attempt == MAX_ATTEMPTS - 1:
                         raise APIError(502, f"worker {wid} failed: {err}", "BadGateway") from None
                     tracked.decided = asyncio.get_running_loop().create_future()
-                    requeue(self.state, request)
-                    self._on_change()
+                    self._apply(self.book.requeue(request, self.clock()))
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "aborted"
             raise
@@ -253,29 +240,19 @@ class Router:
                         text = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
                         finish = choice.get("finish_reason")
                         if text or finish:
-                            self._book_token(wid, request, bool(text))
+                            if text:
+                                self._book_token(request)
                             yield TextPiece(text, finish)
                 if not done:
                     raise _WorkerFailed("the stream ended without [DONE]")
         except httpx.TransportError as err:
             raise _WorkerFailed(f"{type(err).__name__}: {err}") from None
 
-    def _book_token(self, wid: str, request: Request, has_text: bool) -> None:
-        inst = self._instance_holding(request)
-        if inst is None or not has_text:
-            return
-        now = self.clock()
+    def _book_token(self, request: Request) -> None:
         first = request.first_token_time is None
-        inst.record_tokens(request.id, 1, now)
-        if first:
-            self.metrics.ttft.observe(now - request.arrival)
-            self._on_change()
-
-    def _instance_holding(self, request: Request) -> InstanceState | None:
-        for inst in self.state.instances:
-            if request.id in inst.requests:
-                return inst
-        return None
+        self._apply(self.book.on_tokens(request, 1, self.clock()))
+        if first and request.first_token_time is not None:
+            self.metrics.ttft.observe(request.first_token_time - request.arrival)
 
     def _mark_down(self, wid: str) -> None:
         if (worker := self.workers.get(wid)) is not None:
@@ -285,25 +262,16 @@ class Router:
     def _finish(self, tracked: Tracked, outcome: str) -> None:
         request = tracked.request
         self._tracked.pop(request.id, None)
-        self._drop_held(request)
-        now = self.clock()
-        inst = self._instance_holding(request)
-        if inst is not None:
-            inst.record_finish(request.id, now)
-        if outcome == "ok":
-            self.predictor.observe(request.prompt_len, request.max_tokens, request.generated)
-            if (tpot := request.tpot()) is not None:
-                self.metrics.tpot.observe(tpot)
-        if outcome in ("ok", "error", "timeout"):
-            self.window.record(Finished(now, request.ttft(), request.tpot(), failed=outcome != "ok"))
+        if outcome == "ok" and (tpot := request.tpot()) is not None:
+            self.metrics.tpot.observe(tpot)
+        book_outcome = {"ok": "ok", "error": "failed", "timeout": "failed"}.get(outcome, outcome)
+        self._apply(self.book.on_finish(request, self.clock(), book_outcome))
         self.metrics.requests.labels(outcome).inc()
-        self._on_change()
 
     def status(self) -> dict:
         """The router's view, as JSON: for the gateway's headroom and for humans."""
-        now = self.clock()
-        stats = self.window.stats(now)
-        scheduler = self.scheduler.settings
+        stats = self.book.window.stats(self.clock())
+        scheduler = self.book.scheduler.settings
         instances = []
         for k, inst in enumerate(self.state.instances):
             worker = self.workers[inst.id]
@@ -328,7 +296,7 @@ class Router:
             "queue_limit": scheduler.queue_limit,
             "headroom": (free / total if total else 0.0) * (0.0 if len(self.state.held) else 1.0),
             "window": {
-                "seconds": self.window.seconds,
+                "seconds": self.book.window.seconds,
                 "requests": stats.requests,
                 "ttft_mean": stats.ttft_mean,
                 "ttft_attainment": stats.ttft_attainment,

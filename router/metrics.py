@@ -59,11 +59,11 @@ class RouterMetrics:
 
     def observe_instances(self, router: Router) -> None:
         """Refresh the gauges that describe the macro instance as a whole."""
-        stats = router.window.stats(router.clock())
+        stats = router.book.window.stats(router.clock())
         self.slo_attainment.set(stats.slo_attainment if stats.slo_attainment is not None else 1.0)
         self.ttft_attainment.set(stats.ttft_attainment if stats.ttft_attainment is not None else 1.0)
         self.goodput.set(stats.goodput)
-        mode = router.scheduler.settings.kv_reservation
+        mode = router.book.scheduler.settings.kv_reservation
         for k, inst in enumerate(router.state.instances):
             worker = router.workers[inst.id]
             for p in Phase:

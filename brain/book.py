@@ -1,0 +1,88 @@
+"""A macro instance's books: the macro scheduler plus everything a router must record around it.
+
+The router (wall clock, HTTP) and the simulator (virtual clock) both keep a macro instance through this one
+class, so they predict output lengths, book tokens and finishes, learn from finished requests, retry held
+requests and count SLO outcomes the same way. Every method that can free capacity returns the routing
+decisions it led to, for the driver to carry out.
+"""
+
+from __future__ import annotations
+
+from .macro import MacroScheduler, Outcome, RoutingDecision, requeue
+from .predictor import OutputLengthPredictor
+from .state import InstanceState, MacroInstanceState, Request
+from .window import Outcome as Finished
+from .window import SloWindow
+
+
+class MacroBook:
+    def __init__(self, scheduler: MacroScheduler, predictor: OutputLengthPredictor, window: SloWindow) -> None:
+        self.scheduler = scheduler
+        self.predictor = predictor
+        self.window = window
+        self.state = MacroInstanceState(instances=[])
+        self._where: dict[str, str] = {}
+
+    def new_request(self, request_id: str, prompt_len: int, max_tokens: int | None, now: float) -> Request:
+        predicted = self.predictor.predict(prompt_len, max_tokens)
+        return Request(request_id, prompt_len, now, max_tokens=max_tokens, predicted_output=predicted)
+
+    def _track(self, decisions: list[RoutingDecision]) -> list[RoutingDecision]:
+        for d in decisions:
+            if d.outcome is Outcome.ROUTE and d.instance_id is not None:
+                self._where[d.request_id] = d.instance_id
+        return decisions
+
+    def submit(self, request: Request, now: float) -> list[RoutingDecision]:
+        return self._track(self.scheduler.submit(self.state, request, now))
+
+    def retry(self, now: float) -> list[RoutingDecision]:
+        return self._track(self.scheduler.retry_held(self.state, now))
+
+    def instance_of(self, request_id: str) -> InstanceState | None:
+        wid = self._where.get(request_id)
+        if wid is None:
+            return None
+        inst = self.state.instance(wid)
+        return inst if request_id in inst.requests else None
+
+    def on_tokens(self, request: Request, count: int, now: float) -> list[RoutingDecision]:
+        """Tokens streamed for a routed request; a first token ends a prefill, which may let held ones in."""
+        inst = self.instance_of(request.id)
+        if inst is None or count <= 0:
+            return []
+        first = request.first_token_time is None
+        inst.record_tokens(request.id, count, now)
+        return self.retry(now) if first else []
+
+    def on_finish(self, request: Request, now: float, outcome: str) -> list[RoutingDecision]:
+        """A request ended: `ok`, `failed` (counts against the SLO) or anything else (aborted, refused)."""
+        inst = self.instance_of(request.id)
+        if inst is not None:
+            inst.record_finish(request.id, now)
+        self._where.pop(request.id, None)
+        if any(h is request for h in self.state.held):
+            self.state.held.remove(request)
+        if outcome == "ok":
+            self.predictor.observe(request.prompt_len, request.max_tokens, request.generated)
+        if outcome in ("ok", "failed"):
+            self.window.record(Finished(now, request.ttft(), request.tpot(), failed=outcome != "ok"))
+        return self.retry(now)
+
+    def requeue(self, request: Request, now: float) -> list[RoutingDecision]:
+        """Route again, first of all, a request whose instance failed before its first token."""
+        self._where.pop(request.id, None)
+        requeue(self.state, request)
+        return self.retry(now)
+
+    def add_instance(self, instance: InstanceState, now: float) -> list[RoutingDecision]:
+        self.state.add_instance(instance)
+        return self.retry(now)
+
+    def remove_instance(self, instance_id: str, now: float) -> list[RoutingDecision]:
+        """An instance leaves: requests not started there go back to the queue; running ones are the driver's."""
+        inst = self.state.remove_instance(instance_id)
+        for request in inst.pending_prefills():
+            self._where.pop(request.id, None)
+            requeue(self.state, request)
+        return self.retry(now)
