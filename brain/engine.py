@@ -146,8 +146,12 @@ class EngineModel:
 
     # --- changes -------------------------------------------------------------------------------------
 
-    def add(self, request: Request) -> EngineRequest:
-        """Queue a request; refuse one that could never fit the KV cache even alone."""
+    def add(self, request: Request, computed: int = 0) -> EngineRequest:
+        """Queue a request; refuse one that could never fit the KV cache even alone.
+
+        `computed` tokens of KV arrive with it from elsewhere (a prefill instance of a disaggregated system):
+        it needs their blocks, not their compute.
+        """
         if request.id in self._by_id:
             raise ValueError(f"request {request.id!r} is already in the engine")
         if request.prompt_len < 1:
@@ -158,7 +162,7 @@ class EngineModel:
                 f"request needs {total} tokens of KV cache (prompt {request.prompt_len} + max_tokens "
                 f"{request.max_tokens}) but the engine holds {self.config.capacity_tokens}"
             )
-        entry = EngineRequest(request)
+        entry = EngineRequest(request, computed=computed)
         self.waiting.append(entry)
         self._by_id[request.id] = entry
         return entry

@@ -135,9 +135,12 @@ class MacroScheduler:
         # A decode step may be running: the prefill starts after it.
         wait = decode_time(self.model, len(decodes), sum(d.context_len for d in decodes))
         lens = [p.prompt_len for p in pending]
-        with_r = prefill_finish_offsets(self.model, [*lens, request.prompt_len], s.max_batched_tokens)
-        without_r = prefill_finish_offsets(self.model, lens, s.max_batched_tokens)
         alone = prefill_finish_offsets(self.model, [request.prompt_len], s.max_batched_tokens)
+        if lens:
+            with_r = prefill_finish_offsets(self.model, [*lens, request.prompt_len], s.max_batched_tokens)
+            without_r = prefill_finish_offsets(self.model, lens, s.max_batched_tokens)
+        else:
+            with_r, without_r = alone, []
         pause = wait + with_r[-1]
 
         # 1. TTFT: turn the request down if it would make a pending prefill (itself included) late that
@@ -229,7 +232,7 @@ def apply_decision(state: MacroInstanceState, request: Request, decision: Routin
     if decision.outcome is Outcome.ROUTE:
         assert decision.instance_id is not None
         index = state.index_of(decision.instance_id)
-        state.instances[index].requests[request.id] = request
+        state.instances[index].admit(request)
         state.activate(index, now)
 
 
@@ -237,6 +240,6 @@ def requeue(state: MacroInstanceState, request: Request) -> None:
     """Take an accepted request back from an instance that failed before it started, to be routed again
     first of all: nothing accepted is dropped."""
     for inst in state.instances:
-        inst.requests.pop(request.id, None)
+        inst.release(request.id)
     if not any(h is request for h in state.held):
         state.held.appendleft(request)

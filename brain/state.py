@@ -114,6 +114,31 @@ class InstanceState:
     accepting: bool = True
     requests: dict[str, Request] = field(default_factory=dict)
     kv_blocks_used_observed: int | None = None
+    # Blocks reserved under each KVReservation mode, kept up to date by admit/record_tokens/release so that a
+    # routing check costs O(1) instead of a pass over every request on the instance.
+    _reserved: dict[KVReservation, int] = field(default_factory=lambda: dict.fromkeys(KVReservation, 0))
+
+    def __post_init__(self) -> None:
+        for r in self.requests.values():
+            self._count(r, 1)
+
+    def _count(self, r: Request, sign: int) -> None:
+        for mode in KVReservation:
+            self._reserved[mode] += sign * blocks_for_tokens(reserved_tokens(r, mode), self.block_size)
+
+    def admit(self, request: Request) -> None:
+        """A request routed here."""
+        if request.id in self.requests:
+            raise ValueError(f"request {request.id} is already on instance {self.id}")
+        self.requests[request.id] = request
+        self._count(request, 1)
+
+    def release(self, request_id: str) -> Request | None:
+        """A request leaves (finished, failed, or taken back to be routed again)."""
+        r = self.requests.pop(request_id, None)
+        if r is not None:
+            self._count(r, -1)
+        return r
 
     def pending_prefills(self) -> list[Request]:
         """Requests routed here that have no first token yet, oldest first."""
@@ -123,7 +148,7 @@ class InstanceState:
         return [r for r in self.requests.values() if r.prefilled]
 
     def reserved_blocks(self, mode: KVReservation) -> int:
-        return sum(blocks_for_tokens(reserved_tokens(r, mode), self.block_size) for r in self.requests.values())
+        return self._reserved[mode]
 
     def free_blocks(self, mode: KVReservation) -> int:
         """Blocks not yet promised: the stricter of the router's own accounting and the engine's report."""
@@ -133,21 +158,30 @@ class InstanceState:
         return self.kv_blocks_total - used
 
     def record_first_token(self, request_id: str, now: float) -> None:
-        r = self.requests[request_id]
-        r.first_token_time = now
-        r.last_token_time = now
-        r.generated = max(r.generated, 1)
+        self.record_tokens(request_id, 1, now)
 
     def record_tokens(self, request_id: str, count: int, now: float) -> None:
         r = self.requests[request_id]
+        # The per-token hot path of router and simulator: update the reservations incrementally (the same
+        # quantities as reserved_tokens, before and after).
+        bs, prompt, predicted = self.block_size, r.prompt_len, r.predicted_output
+        old_ctx = prompt + r.generated
+        old_out = prompt + max(r.generated, predicted)
         if r.first_token_time is None:
-            self.record_first_token(request_id, now)
-            count -= 1
+            r.first_token_time = now
         r.generated += count
         r.last_token_time = now
+        new_ctx = old_ctx + count
+        new_out = prompt + max(r.generated, predicted)
+        reserved = self._reserved
+        reserved[KVReservation.PROMPT] += -(-new_ctx // bs) + (old_ctx // -bs)
+        if new_out != old_out:
+            reserved[KVReservation.PROMPT_AND_OUTPUT] += -(-new_out // bs) + (old_out // -bs)
 
     def record_finish(self, request_id: str, now: float) -> Request:
-        r = self.requests.pop(request_id)
+        r = self.release(request_id)
+        if r is None:
+            raise KeyError(request_id)
         r.finish_time = now
         return r
 
@@ -159,6 +193,7 @@ class MacroInstanceState:
     instances: list[InstanceState]
     active: int = 0
     held: deque[Request] = field(default_factory=deque)
+    _index: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = [i.id for i in self.instances]
@@ -166,12 +201,13 @@ class MacroInstanceState:
             raise ValueError(f"instance ids must be unique, got {ids}")
         if self.instances and not 0 <= self.active < len(self.instances):
             raise ValueError(f"active index {self.active} outside the ring of {len(self.instances)}")
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._index = {inst.id: k for k, inst in enumerate(self.instances)}
 
     def index_of(self, instance_id: str) -> int:
-        for k, inst in enumerate(self.instances):
-            if inst.id == instance_id:
-                return k
-        raise KeyError(instance_id)
+        return self._index[instance_id]
 
     def instance(self, instance_id: str) -> InstanceState:
         return self.instances[self.index_of(instance_id)]
@@ -184,14 +220,16 @@ class MacroInstanceState:
 
     def add_instance(self, instance: InstanceState) -> None:
         """Join the end of the ring."""
-        if any(i.id == instance.id for i in self.instances):
+        if instance.id in self._index:
             raise ValueError(f"instance {instance.id} is already in the ring")
         self.instances.append(instance)
+        self._index[instance.id] = len(self.instances) - 1
 
     def remove_instance(self, instance_id: str) -> InstanceState:
         """Leave the ring; the active pointer keeps pointing at the same instance (or its successor)."""
         k = self.index_of(instance_id)
         inst = self.instances.pop(k)
+        self._reindex()
         if k < self.active:
             self.active -= 1
         elif self.active >= len(self.instances):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 
@@ -53,3 +54,12 @@ def decode_time(model: StepTimeModel, batch_size: int, total_context: int) -> fl
     if batch_size <= 0:
         return 0.0
     return model.step_time(BatchShape(decode_count=batch_size, decode_context=total_context))
+
+
+class MemoizedStepTime:
+    """A step-time model with a bounded cache: routing checks and simulated engines price the same shapes
+    again and again (a lone prompt of a given length, a decode batch that did not change)."""
+
+    def __init__(self, model: StepTimeModel, maxsize: int = 1 << 16) -> None:
+        self.model = model
+        self.step_time = lru_cache(maxsize=maxsize)(model.step_time)

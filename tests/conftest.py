@@ -34,5 +34,5 @@ def make_request(
 def make_instance(iid: str, blocks: int = 1000, requests: list[Request] = ()) -> InstanceState:
     inst = InstanceState(id=iid, kv_blocks_total=blocks)
     for r in requests:
-        inst.requests[r.id] = r
+        inst.admit(r)
     return inst

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import LinearStepModel, make_instance, make_request
+from ecoserve.brain.kv import blocks_for_tokens
 from ecoserve.brain.macro import (
     Check,
     MacroScheduler,
@@ -17,7 +18,7 @@ from ecoserve.brain.macro import (
     SlackAggregate,
     prefill_finish_offsets,
 )
-from ecoserve.brain.state import SLO, KVReservation, MacroInstanceState
+from ecoserve.brain.state import SLO, KVReservation, MacroInstanceState, reserved_tokens
 
 SLO_1S = SLO(ttft=1.0, tpot=0.1, attainment=0.9)
 MODEL = LinearStepModel(fixed=0.01, per_token=0.001)  # a 100-token prefill takes 0.11 s
@@ -273,6 +274,10 @@ def test_routing_invariants(ops, n, blocks, aggregate, kv, queue_limit):
             decisions = s.retry_held(state, now)
             assert all(d.outcome is not Outcome.HOLD for d in decisions)
             check_batch(before, decisions)
+        for inst in state.instances:  # the incremental KV accounting equals a full recount
+            for mode in KVReservation:
+                recount = sum(blocks_for_tokens(reserved_tokens(r, mode)) for r in inst.requests.values())
+                assert inst.reserved_blocks(mode) == recount
         on_instances = {r for inst in state.instances for r in inst.requests}
         held = {r.id for r in state.held}
         # Never lost: every request is in exactly one place.
