@@ -7,14 +7,13 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
-from . import bench, bench_router, gateway, profile, router, up, worker
+from . import bench, bench_router, gateway, profile, router, simulate, up, worker
 
 Handler = Callable[[argparse.Namespace], int]
 
 # Subcommands whose implementation lands with a later issue: (help, issue that brings it).
 PLANNED: dict[str, tuple[str, int]] = {
     "operator": ("run the kopf operator for MacroInstance resources", 6),
-    "simulate": ("discrete-event simulation and goodput study of serving strategies", 4),
 }
 
 
@@ -46,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_parser(sub)
     bench.add_parser(sub)
     bench_router.add_parser(sub)
+    simulate.add_parser(sub)
     return parser
 
 

@@ -1,14 +1,19 @@
-"""The non-disaggregated baselines (NoDG): every instance does prefill and decode in mixed steps.
+"""The non-disaggregated baselines (NoDG): every instance takes every kind of work, requests are balanced
+across instances (each goes to the instance with the fewest unfinished requests), and nobody coordinates
+when an instance prefills.
 
-`vllm`: continuous batching with prefill priority (a prompt joins the next step whole, next to the decodes,
-up to the token budget); `sarathi`: chunked prefill with a small per-step budget. Requests are balanced
-across instances: each goes to the instance with the fewest unfinished requests.
+- `vllm`: vLLM's V0 engine as the EcoServe paper ran it (0.7.3, prefill priority, no chunked prefill): new
+  prompts run at once in prefill-only steps and the instance's decodes wait for them.
+- `vllm-mixed`: vLLM's V1 continuous batching: a prompt joins the very next step, next to every decode, up to
+  the token budget.
+- `sarathi`: Sarathi-Serve's chunked prefill: prompt chunks ride on decode steps under a small token budget.
 """
 
 from __future__ import annotations
 
-from ecoserve.brain.engine import StepResult
+from ecoserve.brain.engine import StepPolicy, StepResult
 from ecoserve.brain.state import Request
+from ecoserve.brain.temporal import TemporalPolicy
 
 from .core import Cluster, RequestRecord, SimInstance
 from .policies import MixedPolicy
@@ -16,11 +21,9 @@ from .setup import Deployment
 
 
 class ColocatedCluster(Cluster):
-    def __init__(self, deployment: Deployment, token_budget: int) -> None:
+    def __init__(self, deployment: Deployment, policy: StepPolicy, token_budget: int) -> None:
         super().__init__()
-        self.instances = deployment.make_instances(
-            deployment.instances, MixedPolicy(token_budget), "i", token_budget=token_budget
-        )
+        self.instances = deployment.make_instances(deployment.instances, policy, "i", token_budget=token_budget)
 
     def on_arrival(self, record: RequestRecord) -> None:
         inst = min(self.instances, key=lambda i: len(i.engine))
@@ -41,8 +44,13 @@ class ColocatedCluster(Cluster):
 
 
 def vllm(deployment: Deployment) -> ColocatedCluster:
-    return ColocatedCluster(deployment, deployment.max_num_batched_tokens)
+    return ColocatedCluster(deployment, TemporalPolicy(), deployment.max_num_batched_tokens)
+
+
+def vllm_mixed(deployment: Deployment) -> ColocatedCluster:
+    budget = deployment.max_num_batched_tokens
+    return ColocatedCluster(deployment, MixedPolicy(budget), budget)
 
 
 def sarathi(deployment: Deployment) -> ColocatedCluster:
-    return ColocatedCluster(deployment, deployment.chunk_tokens)
+    return ColocatedCluster(deployment, MixedPolicy(deployment.chunk_tokens), deployment.chunk_tokens)

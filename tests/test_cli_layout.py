@@ -37,7 +37,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for name in [*PLANNED, "profile", "worker", "router", "up", "gateway", "bench", "bench-router"]:
+    for name in [*PLANNED, "profile", "worker", "router", "up", "gateway", "bench", "bench-router", "simulate"]:
         assert name in text
 
 
