@@ -95,7 +95,7 @@ def _best_split(
         if not better:
             break
         best = max(better, key=lambda p: at(p).goodput)
-    chosen = tried[best]
+    chosen = at(best)
     return StrategyResult(
         "mooncake",
         chosen.goodput,
