@@ -9,6 +9,7 @@ decisions it led to, for the driver to carry out.
 from __future__ import annotations
 
 from .macro import MacroScheduler, Outcome, RoutingDecision, requeue
+from .mitosis import MacroObservation
 from .predictor import OutputLengthPredictor
 from .state import InstanceState, MacroInstanceState, Request
 from .window import Outcome as Finished
@@ -79,10 +80,31 @@ class MacroBook:
         self.state.add_instance(instance)
         return self.retry(now)
 
-    def remove_instance(self, instance_id: str, now: float) -> list[RoutingDecision]:
-        """An instance leaves: requests not started there go back to the queue; running ones are the driver's."""
+    def remove_instance(self, instance_id: str, now: float, requeue_pending: bool = True) -> list[RoutingDecision]:
+        """An instance leaves. Requests not started there go back to the queue, unless the instance keeps
+        serving them elsewhere (a pod moved to another macro instance finishes what it has)."""
         inst = self.state.remove_instance(instance_id)
-        for request in inst.pending_prefills():
+        for request in inst.requests.values():
             self._where.pop(request.id, None)
-            requeue(self.state, request)
+            if requeue_pending and not request.prefilled:
+                requeue(self.state, request)
         return self.retry(now)
+
+    def headroom(self) -> float:
+        """Share of KV blocks the accepting instances can still promise; 0 while requests are held (the
+        gateway sends new work elsewhere first)."""
+        mode = self.scheduler.settings.kv_reservation
+        live = [i for i in self.state.instances if i.accepting]
+        total = sum(i.kv_blocks_total for i in live)
+        if not total or self.state.held:
+            return 0.0
+        return sum(max(i.free_blocks(mode), 0) for i in live) / total
+
+    def observe(self, name: str, now: float, rejected: int = 0) -> MacroObservation:
+        """The mitosis planner's input: the SLO window and the median saved TPOT of the decodes right now."""
+        stats = self.window.stats(now)
+        tpot = self.scheduler.settings.slo.tpot
+        saved = sorted(r.saved_tpot(tpot, now) for i in self.state.instances for r in i.decoding())
+        median = saved[len(saved) // 2] if saved else None
+        size = len(self.state.instances)
+        return MacroObservation(name, size, stats.requests, stats.ttft_mean, stats.ttft_attainment, median, rejected)

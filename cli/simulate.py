@@ -54,6 +54,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--duration", type=positive_float, help="with --arrival trace: seconds of the trace")
     w.add_argument("--num-requests", type=positive_int, default=2000, help="requests per run (search mode)")
     w.add_argument("--seed", type=int, default=0)
+    dyn = p.add_argument_group("dynamic scenario (ecoserve with the mitosis planner in the loop)")
+    dyn.add_argument("--ramp", help="comma-separated req/s, one per step, e.g. 20,30,40,50,40,30,20")
+    dyn.add_argument("--step-seconds", type=positive_float, default=120.0, help="length of each ramp step")
+    dyn.add_argument("--window", type=positive_float, default=30.0, help="seconds per reported window")
+    dyn.add_argument("--min-instances", type=positive_int, default=6, help="N_l per macro instance")
+    dyn.add_argument("--max-instances", type=positive_int, default=11, help="N_u per macro instance")
+    dyn.add_argument("--max-total-instances", type=positive_int, default=16, help="instances the group may use")
+    dyn.add_argument("--startup-delay", type=number(float, 0, inclusive=True), default=30.0)
+    dyn.add_argument("--cooldown", type=number(float, 0, inclusive=True), default=30.0)
+    dyn.add_argument("--planner-interval", type=positive_float, default=30.0)
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, metavar="FILE")
     out.add_argument("--png", type=Path, metavar="FILE", help="attainment vs rate per strategy (search mode)")
@@ -94,12 +104,14 @@ def _run(args: argparse.Namespace) -> int:
         kv_blocks=args.kv_blocks,
         max_tokens_known=args.max_tokens_known,
     )
-    if deployment.instances < 2 and any(s in ("distserve", "mooncake") for s in strategies):
+    if not args.ramp and deployment.instances < 2 and any(s in ("distserve", "mooncake") for s in strategies):
         return _fail("--instances: distserve and mooncake need at least 2 instances (a prefill and a decode pool)")
     try:
         blocks = deployment.blocks
     except ValueError as err:
         return _fail(f"--model/--gpu/--tp: {err}")
+    if args.ramp:
+        return _ramp(args, deployment, pre.dataset)
     single = args.rate is not None or args.arrival == "trace"
     try:
         spec = _workload(args, pre.dataset, single)
@@ -177,10 +189,11 @@ def _study(args, strategies, deployment, base, header) -> int:
     results = goodput_study(strategies, deployment, base, progress)
     table = ratios(results)
     names = [r.name for r in results]
-    print(f"{'strategy':<22}{'goodput req/s':>14}" + "".join(f"{'vs ' + n:>16}" for n in names))
+    width = max(16, *(len(n) + 5 for n in names))
+    print(f"{'strategy':<22}{'goodput req/s':>14}" + "".join(f"{'vs ' + n:>{width}}" for n in names))
     for r in results:
         cells = "".join(
-            f"{'-' if n == r.name or table[r.name][n] is None else f'{table[r.name][n]:.2f}x':>16}" for n in names
+            f"{'-' if n == r.name or table[r.name][n] is None else f'{table[r.name][n]:.2f}x':>{width}}" for n in names
         )
         extra = (
             f"  (P:D = {r.prefill_instances}:{deployment.instances - r.prefill_instances})"
@@ -202,4 +215,45 @@ def _study(args, strategies, deployment, base, header) -> int:
         args.json.write_text(json.dumps(payload, indent=2))
     if args.png:
         plot_attainment(results, deployment.slo.attainment, header, args.png)
+    return 0
+
+
+def _ramp(args: argparse.Namespace, deployment, default_dataset: str) -> int:
+    from ecoserve.brain.mitosis import MitosisSettings
+    from ecoserve.sim.dynamic import run_ramp
+    from ecoserve.sim.ecoserve import MitosisRun
+    from ecoserve.sim.plot import plot_ramp
+
+    try:
+        rates = [float(r) for r in args.ramp.split(",") if r.strip()]
+        if not rates or min(rates) <= 0:
+            raise ValueError("give positive rates")
+        settings = MitosisSettings(
+            deployment.slo,
+            args.min_instances,
+            args.max_instances,
+            args.max_total_instances,
+            cooldown=args.cooldown,
+        )
+    except ValueError as err:
+        return _fail(f"--ramp/--min-instances/--max-instances: {err}")
+    source = {"trace": args.trace} if args.trace else {"dataset": args.dataset or default_dataset}
+    try:
+        lengths = build_workload(WorkloadSpec(**source, arrival="poisson", rate=1.0, max_requests=5000, seed=args.seed))
+    except (WorkloadError, OSError) as err:
+        return _fail(f"--trace/--dataset: {err}")
+    run = MitosisRun(settings, interval=args.planner_interval, startup_delay=args.startup_delay, window=args.window)
+    title = (
+        f"{deployment.model.name} on {deployment.gpu.name} TP={deployment.tp}: ramp {args.ramp} req/s, "
+        f"{args.step_seconds:g} s steps, N_l={args.min_instances}, N_u={args.max_instances}"
+    )
+    print(title, file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    report = run_ramp(deployment, run, rates, args.step_seconds, lengths, args.window, args.seed)
+    print(report.format_table())
+    print(f"simulated in {time.perf_counter() - started:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"setup": title} | report.to_json(), indent=2))
+    if args.png:
+        plot_ramp(report, deployment.slo.attainment, title, args.png)
     return 0

@@ -288,13 +288,11 @@ class Router:
                     "kv_blocks_free": inst.free_blocks(scheduler.kv_reservation),
                 }
             )
-        total = sum(i["kv_blocks_total"] for i in instances if i["healthy"])
-        free = sum(max(i["kv_blocks_free"], 0) for i in instances if i["healthy"])
         return {
             "instances": instances,
             "queue_depth": len(self.state.held),
             "queue_limit": scheduler.queue_limit,
-            "headroom": (free / total if total else 0.0) * (0.0 if len(self.state.held) else 1.0),
+            "headroom": self.book.headroom(),
             "window": {
                 "seconds": self.book.window.seconds,
                 "requests": stats.requests,

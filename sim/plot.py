@@ -5,15 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .dynamic import RampReport
 from .study import StrategyResult
 
 
-def plot_attainment(results: Sequence[StrategyResult], target: float, title: str, path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_attainment(results: Sequence[StrategyResult], target: float, title: str, path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:
         points = sorted((e.rate, e.attainment) for e in r.evaluations)
@@ -27,6 +33,32 @@ def plot_attainment(results: Sequence[StrategyResult], target: float, title: str
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ramp(report: RampReport, target: float, title: str, path: Path) -> None:
+    """Attainment per window and the instances serving, against time."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    starts = [w.start for w in report.windows]
+    ax.plot(starts, [(w.attainment or 0) * 100 for w in report.windows], marker="o", label="SLO attainment")
+    ax.axhline(target * 100, color="grey", linestyle="--", linewidth=1, label=f"target {target:.0%}")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("SLO attainment (%)")
+    ax.set_ylim(0, 102)
+    right = ax.twinx()
+    right.step(starts, [w.instances for w in report.windows], where="post", color="tab:orange", label="instances")
+    right.step(starts, [w.offered_rate for w in report.windows], where="post", color="tab:green", label="req/s")
+    right.set_ylabel("instances / offered req/s")
+    for e in report.events:
+        if e.decision.action.value in ("split", "merge"):
+            ax.axvline(e.time, color="tab:red", alpha=0.4, linewidth=1)
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -29,6 +29,12 @@ PRESETS: dict[str, Preset] = {
         ("ecoserve", "vllm", "sarathi", "distserve", "mooncake"),
         "Llama-30B, TP=4 on L20, 8 instances, 10 GbE, ShareGPT, SLO 5 s / 100 ms @ 90%",
     ),
+    # The same with CodeLlama-34B (GQA: an eighth of the KV per token), the model of EcoServe's dynamic run.
+    "paper-l20-34b": Preset(
+        "codellama-34b", "l20", 4, 8, "pcie4", "eth10", "sharegpt", 5.0, 0.1, 0.9,
+        ("ecoserve", "vllm", "sarathi", "distserve", "mooncake"),
+        "CodeLlama-34B, TP=4 on L20, 8 instances, 10 GbE, ShareGPT, SLO 5 s / 100 ms @ 90%",
+    ),
     # A small set-up that simulates in seconds: for trying flags and for tests.
     "small-h100-7b": Preset(
         "llama-2-7b", "h100", 1, 2, "nvlink", "eth25", "sharegpt", 1.0, 0.05, 0.9,

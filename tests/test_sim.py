@@ -154,3 +154,30 @@ def test_cli_single_run_on_the_trace_reports_speed(tmp_path, capsys):
 def test_cli_bad_flags_are_named(flags, named, capsys):
     assert main(["simulate", "--preset", "small-h100-7b", *flags]) == 2
     assert named in capsys.readouterr().err
+
+
+def test_ramp_workload_follows_the_steps():
+    from ecoserve.sim.dynamic import ramp_workload
+
+    lengths = [WorkloadRequest(0.0, 10, 5)]
+    work = ramp_workload([10.0, 40.0], 50.0, lengths, seed=1)
+    first = sum(1 for w in work if w.arrival < 50)
+    second = len(work) - first
+    assert 350 <= first <= 650 and 1700 <= second <= 2300
+    assert all(w.prompt_tokens == 10 for w in work)
+
+
+def test_dynamic_ramp_grows_splits_shrinks_and_merges_without_losing_a_request(tmp_path, capsys):
+    out = tmp_path / "ramp.json"
+    args = ["simulate", "--preset", "small-h100-7b", "--instances", "1", "--ramp", "10,60,60,5,5,5,5,5"]
+    args += ["--step-seconds", "20", "--window", "10", "--min-instances", "1", "--max-instances", "2"]
+    args += ["--max-total-instances", "4", "--startup-delay", "2", "--cooldown", "4", "--planner-interval", "4"]
+    assert main([*args, "--json", str(out), "--png", str(tmp_path / "ramp.png")]) == 0
+    report = json.loads(out.read_text())
+    actions = [s["action"] for s in report["scaling"]]
+    assert {"grow", "split", "shrink", "merge"} <= set(actions)
+    assert report["failed"] == 0 and report["requests"] > 2000
+    for window in report["windows"]:
+        assert 1 <= window["instances"] <= 4
+    assert (tmp_path / "ramp.png").stat().st_size > 0
+    assert "1 splits, 1 merges" in capsys.readouterr().out
