@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ecoserve.brain.state import SLO
+from ecoserve.brain.state import meets_slo as _meets
 
 from .client import RequestResult
 
@@ -56,10 +57,7 @@ class Stats:
 
 def meets_slo(result: RequestResult, slo: SLO) -> bool:
     """Whether one request met both latency targets (see the module's definitions)."""
-    if result.outcome != "ok" or result.ttft is None or result.ttft > slo.ttft:
-        return False
-    tpot = result.tpot
-    return tpot is None or tpot <= slo.tpot
+    return _meets(slo, result.ttft, result.tpot, result.outcome == "ok")
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,15 @@ class SLO:
             raise ValueError(f"SLO attainment must be in (0, 1], got {self.attainment}")
 
 
+def meets_slo(slo: SLO, ttft: float | None, tpot: float | None, ok: bool = True) -> bool:
+    """Whether one request met both latency targets: it succeeded, had a first token within the TTFT SLO,
+    and its mean time per later token (None below two tokens) was within the TPOT SLO. The one definition
+    the router's window, the benchmark and the simulator all count by."""
+    if not ok or ttft is None or ttft > slo.ttft:
+        return False
+    return tpot is None or tpot <= slo.tpot
+
+
 class Phase(StrEnum):
     """What an instance's engine steps do right now (temporal disaggregation: never both)."""
 

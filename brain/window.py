@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .state import SLO
+from .state import SLO, meets_slo
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +22,7 @@ class Outcome:
     failed: bool = False
 
     def meets(self, slo: SLO) -> bool:
-        if self.failed or self.ttft is None or self.ttft > slo.ttft:
-            return False
-        return self.tpot is None or self.tpot <= slo.tpot
+        return meets_slo(slo, self.ttft, self.tpot, not self.failed)
 
 
 @dataclass(frozen=True, slots=True)

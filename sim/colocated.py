@@ -27,20 +27,10 @@ class ColocatedCluster(Cluster):
 
     def on_arrival(self, record: RequestRecord) -> None:
         inst = min(self.instances, key=lambda i: len(i.engine))
-        request = Request(record.id, record.prompt_len, self.loop.now, max_tokens=record.output_len)
-        try:
-            inst.engine.add(request)
-        except ValueError:
-            record.rejected = True
-            return
-        self.kick(inst)
+        self.admit(inst, record, Request(record.id, record.prompt_len, self.loop.now, max_tokens=record.output_len))
 
     def on_step(self, instance: SimInstance, result: StepResult) -> None:
-        now = result.now
-        for rid in result.tokens:
-            self.records[rid].token(now)
-        for request in result.finished:
-            self.records[request.id].finish = now
+        self.deliver(result)
 
 
 def vllm(deployment: Deployment) -> ColocatedCluster:

@@ -10,6 +10,7 @@ from typing import Any
 
 from ecoserve.bench.workload import WorkloadRequest
 from ecoserve.brain.engine import EngineModel, Step, StepResult
+from ecoserve.brain.state import Request
 
 
 @dataclass(slots=True)
@@ -102,6 +103,22 @@ class Cluster:
 
     def _arrive(self, record: RequestRecord) -> None:
         self.on_arrival(record)
+
+    def admit(self, instance: SimInstance, record: RequestRecord, request: Request, computed: int = 0) -> None:
+        """Hand a request to an engine and start it stepping; one the engine can never hold is rejected."""
+        try:
+            instance.engine.add(request, computed)
+        except ValueError:
+            record.rejected = True
+            return
+        self.kick(instance)
+
+    def deliver(self, result: StepResult) -> None:
+        """Tokens and finishes of a step reach their users."""
+        for rid in result.tokens:
+            self.records[rid].token(result.now)
+        for request in result.finished:
+            self.records[request.id].finish = result.now
 
     def kick(self, instance: SimInstance) -> None:
         """Start the instance's next step if it is idle and has work."""

@@ -42,23 +42,14 @@ class DisaggregatedCluster(Cluster):
 
     def on_arrival(self, record: RequestRecord) -> None:
         inst = min(self.prefill, key=lambda i: len(i.engine))
-        try:
-            inst.engine.add(Request(record.id, record.prompt_len, self.loop.now, max_tokens=1))
-        except ValueError:
-            record.rejected = True
-            return
-        self.kick(inst)
+        self.admit(inst, record, Request(record.id, record.prompt_len, self.loop.now, max_tokens=1))
 
     def on_step(self, instance: SimInstance, result: StepResult) -> None:
-        now = result.now
         if instance.id in self._prefill_ids:
             for request in result.finished:
-                self._ship(self.records[request.id], instance.id, now)
-            return
-        for rid in result.tokens:
-            self.records[rid].token(now)
-        for request in result.finished:
-            self.records[request.id].finish = now
+                self._ship(self.records[request.id], instance.id, result.now)
+        else:
+            self.deliver(result)
 
     def _ship(self, record: RequestRecord, source: str, now: float) -> None:
         target = min(self.decode, key=lambda i: len(i.engine) + self.inbound[i.id])
@@ -79,12 +70,7 @@ class DisaggregatedCluster(Cluster):
             record.finish = now
             return
         request = Request(record.id, record.prompt_len, now, max_tokens=record.output_len, generated=1)
-        try:
-            target.engine.add(request, computed=record.prompt_len)
-        except ValueError:
-            record.rejected = True
-            return
-        self.kick(target)
+        self.admit(target, record, request, computed=record.prompt_len)
 
 
 def distserve(deployment: Deployment) -> DisaggregatedCluster:

@@ -145,18 +145,16 @@ class EcoServeCluster(Cluster):
                 record.rejected = True
                 self._owner.pop(d.request_id, None)
             elif d.outcome is Outcome.ROUTE:
-                inst = self.instances[d.instance_id]  # type: ignore[index]
-                inst.engine.add(Request(record.id, record.prompt_len, now, max_tokens=record.output_len))
-                self.kick(inst)
+                request = Request(record.id, record.prompt_len, now, max_tokens=record.output_len)
+                self.admit(self.instances[d.instance_id], record, request)  # type: ignore[index]
 
     def on_step(self, instance: SimInstance, result: StepResult) -> None:
         now = result.now
+        self.deliver(result)
         for rid in result.tokens:
-            self.records[rid].token(now)
             book, request = self._owner[rid]
             self._carry_out(book, book.on_tokens(request, 1, now))
         for finished in result.finished:
-            self.records[finished.id].finish = now
             book, request = self._owner.pop(finished.id)
             self._carry_out(book, book.on_finish(request, now, "ok"))
         macro = self._macro_of.get(instance.id)

@@ -7,17 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ecoserve.bench.report import Stats
-from ecoserve.brain.state import SLO
+from ecoserve.brain.state import SLO, meets_slo
 
 from .core import RequestRecord
 
 
 def meets(record: RequestRecord, slo: SLO) -> bool:
     """Both SLOs met; a rejected or unfinished request never meets them."""
-    if record.rejected or record.finish is None or record.ttft is None or record.ttft > slo.ttft:
-        return False
-    tpot = record.tpot
-    return tpot is None or tpot <= slo.tpot
+    return meets_slo(slo, record.ttft, record.tpot, not record.rejected and record.finish is not None)
 
 
 @dataclass(frozen=True, slots=True)
