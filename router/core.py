@@ -79,7 +79,6 @@ class Router:
         self.model_name = "default"
         self._tracked: dict[str, Tracked] = {}
         self._ids = itertools.count()
-        self._tasks: list[asyncio.Task[None]] = []
 
     # --- workers -------------------------------------------------------------------------------------
 
@@ -95,8 +94,10 @@ class Router:
                 self.model_name = await served_model(self.client, url) or self.model_name
             wid = url.split("://", 1)[-1]
             self.workers[wid] = Worker(wid, url, info=info)
+            # Until its metrics say how big its KV cache is, a worker takes no requests (see _set_health).
             kv_total = info.num_gpu_blocks if info else 1
-            self.state.add_instance(InstanceState(wid, kv_total, info.block_size if info else 16))
+            state = InstanceState(wid, kv_total, info.block_size if info else 16, accepting=False)
+            self._apply(self.book.add_instance(state, self.clock()))
             self._set_health(self.workers[wid], info is not None)
         self._on_change()
 
@@ -111,7 +112,8 @@ class Router:
         inst.accepting = healthy and worker.info is not None
         if worker.info is not None:
             inst.kv_blocks_total = worker.info.num_gpu_blocks
-            inst.block_size = worker.info.block_size
+            if not inst.requests:  # reservations are counted in blocks of the old size
+                inst.block_size = worker.info.block_size
 
     async def poll_forever(self) -> None:
         """Refresh every worker's health, KV usage and phase; a worker that stops answering takes no new work."""
