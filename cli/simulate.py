@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hw.add_argument("--model", type=preset(model_preset))
     hw.add_argument("--gpu", type=preset(gpu_preset))
     hw.add_argument("--tp", type=positive_int)
+    hw.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel stages per instance")
     hw.add_argument("--instances", type=positive_int)
     hw.add_argument("--intra-link", type=preset(interconnect_preset), help="between the GPUs of an instance")
     hw.add_argument("--link", type=preset(interconnect_preset), help="between instances (KV transfer)")
@@ -94,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model or model_preset(pre.model),
         gpu=args.gpu or gpu_preset(pre.gpu),
         tp=args.tp or pre.tp,
-        pp=1,
+        pp=args.pp,
         instances=args.instances or pre.instances,
         intra_link=args.intra_link or interconnect_preset(pre.intra_link),
         inter_link=args.link or interconnect_preset(pre.inter_link),
@@ -121,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as err:
         return _fail(f"--trace: {err}")
     header = (
-        f"{deployment.model.name} on {deployment.gpu.name} TP={deployment.tp}, {deployment.instances} instances "
+        f"{deployment.model.name} on {deployment.gpu.name} TP={deployment.tp} PP={deployment.pp}, "
+        f"{deployment.instances} instances "
         f"({blocks} KV blocks each), links {deployment.intra_link.name}/{deployment.inter_link.name}; "
         f"SLO TTFT {deployment.slo.ttft:g} s, TPOT {deployment.slo.tpot * 1000:g} ms, attainment "
         f"{deployment.slo.attainment:.0%}; {len(base)} requests of {spec.trace or spec.dataset}"
