@@ -54,5 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_any_flags", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     handler: Handler = args.handler
     return handler(args)

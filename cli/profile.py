@@ -8,14 +8,16 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ecoserve.brain.hardware import gpu_preset
+from ecoserve.brain.costmodel import CostModel
+from ecoserve.brain.hardware import ModelShape, gpu_preset, model_preset
 from ecoserve.brain.profiles import calibrate, validate_profile
+from ecoserve.brain.steptime import decode_time, prefill_time
 
-from .serve import preset
+from .serve import positive_int, preset
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="validate the cost model against measured GPU profiles")
+    p = sub.add_parser("profile", help="measure step times, validate and calibrate the cost model")
     actions = p.add_subparsers(dest="profile_command", metavar="ACTION", required=True)
     v = actions.add_parser(
         "validate",
@@ -39,6 +41,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("files", type=Path, nargs="+", help="profile CSVs (Vidur mlp.csv format)")
     c.set_defaults(handler=_calibrate)
+    m = actions.add_parser(
+        "measure",
+        help="time prefill and decode steps of a model shape on this machine's GPU (random weights)",
+        description="Build one tensor-parallel shard of the model's decoder layer with random weights (PyTorch, no "
+        "download), time prefill by prompt length and decode by batch size, and write the tables the cost model "
+        "reads. With --gpu, print the cost model's prediction for that GPU beside each measurement.",
+    )
+    m.add_argument("--backend", choices=["torch"], default="torch")
+    shape = m.add_mutually_exclusive_group()
+    shape.add_argument("--model-preset", type=preset(model_preset), default="llama-2-7b")
+    shape.add_argument("--hf-config", type=Path, help="a Hugging Face config.json (or its folder)")
+    m.add_argument("--tp", type=positive_int, default=1, help="profile one shard of this tensor-parallel degree")
+    m.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    m.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto")
+    m.add_argument("--prompt-lens", type=_int_list, default=[128, 256, 512, 1024, 2048, 4096])
+    m.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32, 64, 128, 256])
+    m.add_argument("--context", type=positive_int, default=1024, help="KV tokens per sequence in decode steps")
+    m.add_argument("--repeats", type=positive_int, default=5)
+    m.add_argument("--gpu", type=preset(gpu_preset), help="compare with the cost model for this GPU preset")
+    m.add_argument("--out", type=Path, default=Path("profile"), help="prefix: PREFIX.prefill.csv, PREFIX.decode.csv")
+    m.set_defaults(handler=_measure)
 
 
 def _missing(command: str, files: list[Path]) -> bool:
@@ -70,4 +93,49 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"ecoserve profile calibrate: {err}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(fitted), indent=2))
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    return [positive_int(v) for v in text.split(",") if v.strip()]
+
+
+def _measure(args: argparse.Namespace) -> int:
+    try:
+        from ecoserve.worker.torch_profile import profile
+    except ImportError:
+        print("ecoserve profile measure: needs PyTorch (pip install 'ecoserve[vllm]' or torch)", file=sys.stderr)
+        return 2
+    try:
+        shape = ModelShape.from_hf_config_file(args.hf_config) if args.hf_config else args.model_preset
+    except (OSError, ValueError) as err:
+        print(f"ecoserve profile measure: --hf-config: {err}", file=sys.stderr)
+        return 2
+    model = CostModel(shape, args.gpu, tp=args.tp) if args.gpu else None
+    print(f"{'kind':<8}{'tokens':>8}{'context':>9}{'measured ms':>13}{'model ms':>10}{'error':>8}")
+
+    def show(row) -> None:
+        predicted = None
+        if model is not None:
+            predicted = (
+                prefill_time(model, [row.tokens])
+                if row.kind == "prefill"
+                else decode_time(model, row.tokens, row.tokens * row.context)
+            )
+        cells = ("-", "-") if predicted is None else (f"{predicted * 1000:.2f}", f"{predicted / row.seconds - 1:+.0%}")
+        print(f"{row.kind:<8}{row.tokens:>8}{row.context:>9}{row.seconds * 1000:>13.2f}{cells[0]:>10}{cells[1]:>8}")
+
+    rows = profile(
+        shape, args.prompt_lens, args.batch_sizes, args.context, args.tp, args.device, args.dtype, args.repeats, show
+    )
+    prefill_path = args.out.with_name(args.out.name + ".prefill.csv")
+    decode_path = args.out.with_name(args.out.name + ".decode.csv")
+    prefill_path.write_text(
+        "prompt_len,prefill_time_s\n" + "".join(f"{r.tokens},{r.seconds:.9f}\n" for r in rows if r.kind == "prefill")
+    )
+    decode_path.write_text(
+        "batch_size,context,decode_time_s\n"
+        + "".join(f"{r.tokens},{r.context},{r.seconds:.9f}\n" for r in rows if r.kind == "decode")
+    )
+    print(f"wrote {prefill_path} and {decode_path}")
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 
 from ecoserve.brain.engine import EngineConfig, EngineModel
@@ -10,6 +12,7 @@ from ecoserve.brain.kv import kv_capacity_blocks
 from ecoserve.brain.phase import PhaseMode, PhasePolicySettings
 from ecoserve.brain.predictor import QuantilePredictor
 from ecoserve.brain.temporal import TemporalPolicy
+from ecoserve.worker.phase_env import GPU_ENV, PHASE_MODE_ENV
 
 from .serve import add_cost_model_flags, cost_model, non_negative_float, positive_float, positive_int, run_app
 
@@ -22,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "from the cost model; --engine vllm (issue #5) runs vLLM with the temporal scheduler.",
     )
     p.add_argument("--engine", choices=["sim", "vllm"], default="sim")
+    p.add_argument("model", nargs="?", help="--engine vllm: the model to serve; every other flag goes to vLLM")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     add_cost_model_flags(p)
@@ -46,12 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="multiply step times (0: instant-response worker)",
     )
     p.add_argument("--log-level", default="warning")
-    p.set_defaults(handler=_run)
+    p.set_defaults(handler=_run, accepts_any_flags=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.engine == "vllm":
-        print("ecoserve worker: --engine vllm is not available yet (planned in issue #5).", file=sys.stderr)
+        return _run_vllm(args)
+    if args.extra:
+        print(f"ecoserve worker: unrecognized arguments: {' '.join(args.extra)}", file=sys.stderr)
         return 2
     from ecoserve.worker.app import WorkerSettings, create_app
     from ecoserve.worker.metrics import WorkerMetrics
@@ -79,3 +85,33 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     return run_app(create_app(engine, settings), args.host, args.port, args.log_level)
+
+
+SCHEDULERS = {
+    True: "ecoserve.worker.vllm_scheduler.TemporalAsyncScheduler",
+    False: "ecoserve.worker.vllm_scheduler.TemporalScheduler",
+}
+
+
+def vllm_command(args: argparse.Namespace) -> list[str]:
+    """`vllm serve` with the temporal scheduler: the async variant unless async scheduling is switched off."""
+    extra = list(args.extra)
+    async_scheduling = "--no-async-scheduling" not in extra
+    command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", args.model]
+    command += ["--host", args.host, "--port", str(args.port), "--scheduler-cls", SCHEDULERS[async_scheduling]]
+    if args.served_model_name:
+        command += ["--served-model-name", args.served_model_name]
+    return command + extra
+
+
+def _run_vllm(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("vllm") is None:
+        print("ecoserve worker: --engine vllm needs vLLM: pip install 'ecoserve[vllm]'", file=sys.stderr)
+        return 2
+    if not args.model:
+        print("ecoserve worker: --engine vllm needs a MODEL (a Hugging Face id or a local path)", file=sys.stderr)
+        return 2
+    env = os.environ | {PHASE_MODE_ENV: args.phase_mode, GPU_ENV: args.gpu.name}
+    command = vllm_command(args)
+    print("ecoserve worker (vllm): " + " ".join(command), file=sys.stderr, flush=True)
+    os.execvpe(command[0], command, env)

@@ -91,3 +91,22 @@ def test_profile_calibrate_prints_the_fitted_factors(capsys):
     assert main(["profile", "calibrate", str(profile)]) == 0
     fitted = json.loads(capsys.readouterr().out)
     assert 0 < fitted["gemm_compute"] <= 1 and fitted["kernel_overhead_s"] > 0
+
+
+def test_vllm_worker_command_plugs_in_the_temporal_scheduler_and_passes_flags_through():
+    from ecoserve.cli.main import build_parser
+    from ecoserve.cli.worker import vllm_command
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(["worker", "--engine", "vllm", "meta/llama", "--port", "9000"])
+    args.extra = [*extra, "--tensor-parallel-size", "4"]
+    cmd = vllm_command(args)
+    assert cmd[cmd.index("--scheduler-cls") + 1].endswith("vllm_scheduler.TemporalAsyncScheduler")
+    assert cmd[cmd.index("--port") + 1] == "9000" and cmd[-2:] == ["--tensor-parallel-size", "4"]
+    args.extra = ["--no-async-scheduling"]
+    assert vllm_command(args)[vllm_command(args).index("--scheduler-cls") + 1].endswith(".TemporalScheduler")
+
+
+def test_sim_worker_refuses_unknown_flags(capsys):
+    assert main(["worker", "--bogus-flag", "1"]) == 2
+    assert "--bogus-flag" in capsys.readouterr().err
