@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .tokenizer import tokenize
 
+# The one metric a worker exports beyond vLLM's own: 1 for the phase its last step ran in (phase="prefill",
+# "decode" or "idle"). The router reads it from simulated and vLLM workers alike.
+PHASE_METRIC = "ecoserve:engine_phase"
+
 
 class APIError(Exception):
     """An error answered to the client with an OpenAI-style body."""

@@ -6,13 +6,14 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 
 from ecoserve.brain.engine import EngineConfig, EngineModel
 from ecoserve.brain.kv import kv_capacity_blocks
 from ecoserve.brain.phase import PhaseMode, PhasePolicySettings
 from ecoserve.brain.predictor import QuantilePredictor
 from ecoserve.brain.temporal import TemporalPolicy
-from ecoserve.worker.phase_env import GPU_ENV, PHASE_MODE_ENV
+from ecoserve.worker.vllm_phase import GPU_ENV, PHASE_MODE_ENV
 
 from .serve import add_cost_model_flags, cost_model, non_negative_float, positive_float, positive_int, run_app
 
@@ -112,6 +113,8 @@ def _run_vllm(args: argparse.Namespace) -> int:
         print("ecoserve worker: --engine vllm needs a MODEL (a Hugging Face id or a local path)", file=sys.stderr)
         return 2
     env = os.environ | {PHASE_MODE_ENV: args.phase_mode, GPU_ENV: args.gpu.name}
+    # A fresh multiprocess-metrics directory, so the engine process's phase gauge reaches vLLM's /metrics.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="ecoserve-metrics-"))
     command = vllm_command(args)
     print("ecoserve worker (vllm): " + " ".join(command), file=sys.stderr, flush=True)
     os.execvpe(command[0], command, env)

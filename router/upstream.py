@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ecoserve.api.protocol import PHASE_METRIC
 from ecoserve.brain.state import Phase
 
 
@@ -38,7 +39,7 @@ def parse_worker_metrics(text: str) -> WorkerInfo | None:
                 block_size = int(sample.labels["block_size"])
             elif sample.name == "vllm:kv_cache_usage_perc":
                 usage = max(usage, float(sample.value))
-            elif sample.name == "ecoserve:engine_phase" and sample.value == 1:
+            elif sample.name == PHASE_METRIC and sample.value == 1:
                 phase = Phase(sample.labels["phase"])
     if blocks is None or block_size is None:
         return None

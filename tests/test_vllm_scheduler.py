@@ -150,3 +150,27 @@ def test_preemption_under_kv_pressure_recovers(model_dir, cls, depth):
     assert d.preempted > 0
     assert all(len(kinds) == 1 for kinds, _, _ in d.steps)
     assert d.finished == {f"r{k}" for k in range(4)} and all(d.tokens[f"r{k}"] == 80 for k in range(4))
+
+
+def test_phase_gauge_reaches_a_multiprocess_metrics_endpoint(tmp_path):
+    """The scheduler runs in vLLM's engine process; its gauge must reach the API server's /metrics, which
+    collects PROMETHEUS_MULTIPROC_DIR. Write it from another process, read it as vLLM's endpoint would, and
+    parse it as the router does."""
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    from ecoserve.router.upstream import parse_worker_metrics
+
+    code = "from ecoserve.worker.vllm_phase import PhaseGauge; from ecoserve.brain.state import Phase; "
+    code += "PhaseGauge().set(Phase.PREFILL)"
+    env = os.environ | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'ecoserve:engine_phase{phase="prefill"} 1.0' in text
+    cache_info = 'vllm:cache_config_info{block_size="16",num_gpu_blocks="64"} 1.0\n'
+    assert parse_worker_metrics(text + cache_info).phase is Phase.PREFILL

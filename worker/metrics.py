@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ecoserve.brain.state import Phase
 
+from .vllm_phase import PhaseGauge
+
 TTFT_BUCKETS = (
     0.01,
     0.02,
@@ -90,12 +92,9 @@ class WorkerMetrics:
             registry=r,
         )
         cache.labels(block_size=str(block_size), num_gpu_blocks=str(num_gpu_blocks)).set(1)
-        self.phase = Gauge(
-            "ecoserve:engine_phase", "1 for the phase the engine's last step ran in.", ["phase"], registry=r
-        )
+        self.phase = PhaseGauge(r)
         self.model = model_name
         self.set_phase(Phase.IDLE)
 
     def set_phase(self, phase: Phase) -> None:
-        for p in Phase:
-            self.phase.labels(phase=p.value).set(1 if p is phase else 0)
+        self.phase.set(phase)

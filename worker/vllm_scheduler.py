@@ -32,7 +32,7 @@ from ecoserve.brain.predictor import QuantilePredictor
 from ecoserve.brain.state import Phase, Request
 from ecoserve.brain.steptime import StepTimeModel
 
-from .phase_env import GPU_ENV, PHASE_MODE_ENV
+from .vllm_phase import GPU_ENV, PHASE_MODE_ENV, PhaseGauge
 
 
 def needs_prefill(request: VllmRequest) -> bool:
@@ -60,6 +60,7 @@ class TemporalMixin:
         self.phase_settings = PhasePolicySettings(mode=mode, pipeline_stages=parallel.pipeline_parallel_size)
         self.phase = Phase.IDLE
         self.phase_steps: Counter[Phase] = Counter()
+        self.phase_gauge = PhaseGauge()
         self.predictor = QuantilePredictor()
         self._stalled = False
         # TD-Pipe compares step times: price them for the served model on the GPU named in ECOSERVE_GPU.
@@ -94,6 +95,7 @@ class TemporalMixin:
         # free blocks, instead of asking again forever.
         self._stalled = phase is Phase.PREFILL and not output.num_scheduled_tokens and bool(decodes)
         self.phase_steps[self.phase] += 1
+        self.phase_gauge.set(self.phase)
         return output
 
     def _next_phase(self, prefills: list[VllmRequest], decodes: list[VllmRequest], waiting: list) -> Phase:
