@@ -10,7 +10,6 @@ token, and ends a stream that fails later with an explicit error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import time
@@ -157,7 +156,6 @@ class Router:
         try:
             decision = await asyncio.wait_for(asyncio.shield(tracked.decided), self.settings.hold_timeout)
         except TimeoutError:
-            self._drop_held(tracked.request)
             raise APIError(
                 503, "no instance could take the request in time", "ServiceUnavailable", None, self.settings.retry_after
             ) from None
@@ -169,11 +167,6 @@ class Router:
             )
         assert decision.instance_id is not None
         return decision.instance_id
-
-    def _drop_held(self, request: Request) -> None:
-        with contextlib.suppress(ValueError):
-            self.state.held.remove(request)
-        self.metrics.queue_depth.set(len(self.state.held))
 
     def new_request(self, prompt_len: int, max_tokens: int | None) -> Tracked:
         tracked = Tracked(self.book.new_request(f"r{next(self._ids)}", prompt_len, max_tokens, self.clock()))

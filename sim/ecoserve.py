@@ -13,8 +13,10 @@ its requests on their old route; a shrunk one drains before it goes; a grown one
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ecoserve.bench.workload import WorkloadRequest
 from ecoserve.brain.book import MacroBook
 from ecoserve.brain.engine import StepResult
 from ecoserve.brain.macro import MacroScheduler, MacroSchedulerSettings, Outcome, RoutingDecision
@@ -123,7 +125,7 @@ class EcoServeCluster(Cluster):
 
     # --- traffic -------------------------------------------------------------------------------------
 
-    def run(self, workload):  # type: ignore[override]
+    def run(self, workload: Sequence[WorkloadRequest]) -> list[RequestRecord]:
         self._pending = len(workload)
         if self.mitosis:
             self.loop.at(self.mitosis.interval, self._plan)
