@@ -1,8 +1,9 @@
-"""`ecoserve profile`: check the cost model against measured GPU profiles (and, later, measure them)."""
+"""`ecoserve profile`: check the cost model against measured GPU profiles, and measure them."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from dataclasses import asdict
@@ -12,6 +13,7 @@ from ecoserve.brain.costmodel import CostModel
 from ecoserve.brain.hardware import ModelShape, gpu_preset, model_preset
 from ecoserve.brain.profiles import calibrate, validate_profile
 from ecoserve.brain.steptime import decode_time, prefill_time
+from ecoserve.worker.step_table import StepRow, write_tables
 
 from .serve import positive_int, preset
 
@@ -43,12 +45,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(handler=_calibrate)
     m = actions.add_parser(
         "measure",
-        help="time prefill and decode steps of a model shape on this machine's GPU (random weights)",
-        description="Build one tensor-parallel shard of the model's decoder layer with random weights (PyTorch, no "
-        "download), time prefill by prompt length and decode by batch size, and write the tables the cost model "
-        "reads. With --gpu, print the cost model's prediction for that GPU beside each measurement.",
+        help="time prefill and decode steps of a model on this machine's GPU (random weights)",
+        description="Time prefill by prompt length and decode by batch size, and write the tables the cost model "
+        "reads. Backend torch builds one tensor-parallel shard of the model's decoder layer with random weights "
+        "(PyTorch, no download; the shape from --model-preset or --hf-config). Backend vllm runs vLLM's own engine "
+        "on --model with random weights (only its config is read) and derives step times from whole requests. "
+        "With --gpu, print the cost model's prediction for that GPU beside each measurement.",
     )
-    m.add_argument("--backend", choices=["torch"], default="torch")
+    m.add_argument("--backend", choices=["torch", "vllm"], default="torch")
+    m.add_argument("--model", help="backend vllm: Hugging Face id or local folder with a config.json")
     shape = m.add_mutually_exclusive_group()
     shape.add_argument("--model-preset", type=preset(model_preset), default="llama-2-7b")
     shape.add_argument("--hf-config", type=Path, help="a Hugging Face config.json (or its folder)")
@@ -59,6 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32, 64, 128, 256])
     m.add_argument("--context", type=positive_int, default=1024, help="KV tokens per sequence in decode steps")
     m.add_argument("--repeats", type=positive_int, default=5)
+    m.add_argument(
+        "--decode-steps", type=positive_int, default=16, help="backend vllm: tokens decoded to time one decode step"
+    )
     m.add_argument("--gpu", type=preset(gpu_preset), help="compare with the cost model for this GPU preset")
     m.add_argument("--out", type=Path, default=Path("profile"), help="prefix: PREFIX.prefill.csv, PREFIX.decode.csv")
     m.set_defaults(handler=_measure)
@@ -101,20 +109,28 @@ def _int_list(text: str) -> list[int]:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    try:
-        from ecoserve.worker.torch_profile import profile
-    except ImportError:
-        print("ecoserve profile measure: needs PyTorch (pip install 'ecoserve[vllm]' or torch)", file=sys.stderr)
+    if args.backend == "vllm" and not args.model:
+        print("ecoserve profile measure: --backend vllm needs --model (a Hugging Face id or folder)", file=sys.stderr)
         return 2
+    needs = "vllm" if args.backend == "vllm" else "torch"
+    if importlib.util.find_spec(needs) is None:
+        print(
+            f"ecoserve profile measure: --backend {args.backend} needs {needs}: pip install 'ecoserve[vllm]'",
+            file=sys.stderr,
+        )
+        return 2
+    hf_config = args.hf_config
+    if hf_config is None and args.model and (Path(args.model) / "config.json").is_file():
+        hf_config = Path(args.model)
     try:
-        shape = ModelShape.from_hf_config_file(args.hf_config) if args.hf_config else args.model_preset
+        shape = ModelShape.from_hf_config_file(hf_config) if hf_config else args.model_preset
     except (OSError, ValueError) as err:
         print(f"ecoserve profile measure: --hf-config: {err}", file=sys.stderr)
         return 2
     model = CostModel(shape, args.gpu, tp=args.tp) if args.gpu else None
     print(f"{'kind':<8}{'tokens':>8}{'context':>9}{'measured ms':>13}{'model ms':>10}{'error':>8}")
 
-    def show(row) -> None:
+    def show(row: StepRow) -> None:
         predicted = None
         if model is not None:
             predicted = (
@@ -123,19 +139,40 @@ def _measure(args: argparse.Namespace) -> int:
                 else decode_time(model, row.tokens, row.tokens * row.context)
             )
         cells = ("-", "-") if predicted is None else (f"{predicted * 1000:.2f}", f"{predicted / row.seconds - 1:+.0%}")
-        print(f"{row.kind:<8}{row.tokens:>8}{row.context:>9}{row.seconds * 1000:>13.2f}{cells[0]:>10}{cells[1]:>8}")
+        print(
+            f"{row.kind:<8}{row.tokens:>8}{row.context:>9}{row.seconds * 1000:>13.2f}{cells[0]:>10}{cells[1]:>8}",
+            flush=True,
+        )
 
-    rows = profile(
-        shape, args.prompt_lens, args.batch_sizes, args.context, args.tp, args.device, args.dtype, args.repeats, show
-    )
-    prefill_path = args.out.with_name(args.out.name + ".prefill.csv")
-    decode_path = args.out.with_name(args.out.name + ".decode.csv")
-    prefill_path.write_text(
-        "prompt_len,prefill_time_s\n" + "".join(f"{r.tokens},{r.seconds:.9f}\n" for r in rows if r.kind == "prefill")
-    )
-    decode_path.write_text(
-        "batch_size,context,decode_time_s\n"
-        + "".join(f"{r.tokens},{r.context},{r.seconds:.9f}\n" for r in rows if r.kind == "decode")
-    )
+    if args.backend == "vllm":
+        from ecoserve.worker.vllm_profile import profile_engine, vllm_generate
+
+        max_len = max([*args.prompt_lens, args.context + args.decode_steps + 1])
+        generate, vocab = vllm_generate(args.model, args.tp, max_len, max(args.batch_sizes))
+        rows = profile_engine(
+            generate,
+            args.prompt_lens,
+            args.batch_sizes,
+            args.context,
+            vocab,
+            args.repeats,
+            args.decode_steps,
+            progress=show,
+        )
+    else:
+        from ecoserve.worker.torch_profile import profile
+
+        rows = profile(
+            shape,
+            args.prompt_lens,
+            args.batch_sizes,
+            args.context,
+            args.tp,
+            args.device,
+            args.dtype,
+            args.repeats,
+            show,
+        )
+    prefill_path, decode_path = write_tables(rows, args.out)
     print(f"wrote {prefill_path} and {decode_path}")
     return 0

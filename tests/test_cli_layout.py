@@ -103,8 +103,30 @@ def test_vllm_worker_command_plugs_in_the_temporal_scheduler_and_passes_flags_th
     cmd = vllm_command(args)
     assert cmd[cmd.index("--scheduler-cls") + 1].endswith("vllm_scheduler.TemporalAsyncScheduler")
     assert cmd[cmd.index("--port") + 1] == "9000" and cmd[-2:] == ["--tensor-parallel-size", "4"]
+    args, extra = parser.parse_known_args(
+        ["worker", "--engine", "vllm", "m", "--max-num-seqs", "64", "--tp", "2", "--served-model-name", "x"]
+    )
+    args.extra = extra
+    cmd = vllm_command(args)  # flags both parsers know reach vLLM; the ones not given keep vLLM's defaults
+    assert cmd[cmd.index("--max-num-seqs") + 1] == "64" and cmd[cmd.index("--tensor-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--served-model-name") + 1] == "x" and "--block-size" not in cmd
     args.extra = ["--no-async-scheduling"]
     assert vllm_command(args)[vllm_command(args).index("--scheduler-cls") + 1].endswith(".TemporalScheduler")
+
+
+def test_worker_help_lists_the_flags(capsys):
+    assert main(["worker", "--help"]) == 0
+    assert "--engine" in capsys.readouterr().out
+
+
+@pytest.mark.vllm
+def test_vllm_worker_help_shows_vllms_own_flags(capfd, monkeypatch):
+    pytest.importorskip("vllm", reason="the vllm extra is not installed: pip install -e '.[vllm,dev]'")
+    monkeypatch.setenv("VLLM_TARGET_DEVICE", "cpu")  # no GPU here: vLLM's parser needs a device type
+    assert main(["worker", "--engine", "vllm", "--help"]) == 0
+    out = capfd.readouterr().out
+    ours, _, theirs = out.partition("vLLM's own flags")
+    assert "--engine" in ours and "usage: vllm serve" in theirs and "--help=ModelConfig" in theirs
 
 
 def test_sim_worker_refuses_unknown_flags(capsys):

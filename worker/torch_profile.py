@@ -10,23 +10,14 @@ On a CPU the numbers mean nothing; the code path is the same one that runs on a 
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ecoserve.brain.hardware import ModelShape
 
-
-@dataclass(frozen=True, slots=True)
-class ProfileRow:
-    kind: str  # "prefill" or "decode"
-    tokens: int  # prompt length (prefill) or batch size (decode)
-    context: int  # KV length each token attends to
-    seconds: float
+from .step_table import StepRow, median_seconds
 
 
 class LayerShard:
@@ -99,17 +90,7 @@ class LayerShard:
 
 
 def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn` after one warm-up, synchronising the GPU around each run."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
 
 
 @torch.inference_mode()
@@ -122,8 +103,8 @@ def profile(
     device: str = "auto",
     dtype: str = "auto",
     repeats: int = 5,
-    progress: Callable[[ProfileRow], None] | None = None,
-) -> list[ProfileRow]:
+    progress: Callable[[StepRow], None] | None = None,
+) -> list[StepRow]:
     """Step times for prompts of `prompt_lens` and decode batches of `batch_sizes` over `context` tokens."""
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -133,9 +114,9 @@ def profile(
     )
     layer = LayerShard(shape, tp, dev, dt)
     h = shape.hidden_size
-    rows: list[ProfileRow] = []
+    rows: list[StepRow] = []
 
-    def record(row: ProfileRow) -> None:
+    def record(row: StepRow) -> None:
         rows.append(row)
         if progress is not None:
             progress(row)
@@ -144,12 +125,12 @@ def profile(
         x = torch.randn(n, h, device=dev, dtype=dt)
         per_layer = _timed(lambda x=x: layer.prefill(x), dev, repeats)
         head = _timed(lambda x=x: layer.head(x[-1:]), dev, repeats)
-        record(ProfileRow("prefill", n, n, per_layer * shape.num_layers + head))
+        record(StepRow("prefill", n, n, per_layer * shape.num_layers + head))
     for b in batch_sizes:
         x = torch.randn(b, h, device=dev, dtype=dt)
         k = torch.randn(b, layer.kv_heads, context, layer.head_dim, device=dev, dtype=dt)
         v = torch.randn_like(k)
         per_layer = _timed(lambda x=x, k=k, v=v: layer.decode(x, k, v), dev, repeats)
         head = _timed(lambda x=x: layer.head(x), dev, repeats)
-        record(ProfileRow("decode", b, context, per_layer * shape.num_layers + head))
+        record(StepRow("decode", b, context, per_layer * shape.num_layers + head))
     return rows
