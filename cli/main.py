@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 
-from . import bench, bench_router, gateway, profile, router, simulate, up, worker
+from . import bench, bench_router, gateway, operator_cmd, profile, router, simulate, up, worker
 
 Handler = Callable[[argparse.Namespace], int]
-
-# Subcommands whose implementation lands with a later issue: (help, issue that brings it).
-PLANNED: dict[str, tuple[str, int]] = {
-    "operator": ("run the kopf operator for MacroInstance resources", 6),
-}
-
-
-def _planned(name: str, issue: int) -> Handler:
-    def run(_: argparse.Namespace) -> int:
-        print(
-            f"ecoserve {name}: not available yet in this version (planned in issue #{issue}).",
-            file=sys.stderr,
-        )
-        return 2
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('ecoserve')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, issue) in PLANNED.items():
-        p = sub.add_parser(name, help=help_text, description=f"{help_text} (planned in issue #{issue})")
-        p.set_defaults(handler=_planned(name, issue), accepts_any_flags=True)
+    operator_cmd.add_parser(sub)
     profile.add_parser(sub)
     worker.add_parser(sub)
     router.add_parser(sub)

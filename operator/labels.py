@@ -9,6 +9,8 @@ GROUP = "ecoserve.io/group"
 MACRO_INSTANCE = "ecoserve.io/macroinstance"
 ROLE = "ecoserve.io/role"
 INSTANCE_INDEX = "ecoserve.io/instance-index"
+# A worker being drained: routers stop sending it requests; the operator deletes it once idle or timed out.
+DRAINING = "ecoserve.io/draining"
 
 
 class Role(StrEnum):
@@ -22,6 +24,11 @@ def selector(**labels: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def worker_selector(macro_instance: str) -> str:
-    """The workers of one macro instance, as its router watches them."""
+def member_selector(macro_instance: str) -> str:
+    """Every worker pod of one macro instance, draining ones included: what the operator reconciles."""
     return selector(**{MACRO_INSTANCE: macro_instance, ROLE: Role.WORKER.value})
+
+
+def worker_selector(macro_instance: str) -> str:
+    """The serving workers of one macro instance: what its router routes to and the scale subresource counts."""
+    return f"{member_selector(macro_instance)},{DRAINING}!=true"

@@ -15,12 +15,14 @@ from ecoserve.brain.state import Phase
 
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
-    """What a worker's /metrics says: its KV cache size and use, and the phase of its last step."""
+    """What a worker's /metrics says: its KV cache size and use, the phase of its last step, and how many
+    requests it holds (running + waiting; a draining worker is idle at 0)."""
 
     num_gpu_blocks: int
     block_size: int
     kv_usage: float
     phase: Phase
+    requests: int = 0
 
     @property
     def used_blocks(self) -> int:
@@ -32,6 +34,7 @@ def parse_worker_metrics(text: str) -> WorkerInfo | None:
     blocks = block_size = None
     usage = 0.0
     phase = Phase.IDLE
+    requests = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "vllm:cache_config_info":
@@ -41,9 +44,11 @@ def parse_worker_metrics(text: str) -> WorkerInfo | None:
                 usage = max(usage, float(sample.value))
             elif sample.name == PHASE_METRIC and sample.value == 1:
                 phase = Phase(sample.labels["phase"])
+            elif sample.name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+                requests += sample.value
     if blocks is None or block_size is None:
         return None
-    return WorkerInfo(blocks, block_size, usage, phase)
+    return WorkerInfo(blocks, block_size, usage, phase, round(requests))
 
 
 async def probe_worker(client: httpx.AsyncClient, url: str, timeout: float = 2.0) -> WorkerInfo | None:

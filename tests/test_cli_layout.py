@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ecoserve.cli.main import PLANNED, main
+from ecoserve.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for name in [*PLANNED, "profile", "worker", "router", "up", "gateway", "bench", "bench-router", "simulate"]:
+    for name in ["operator", "profile", "worker", "router", "up", "gateway", "bench", "bench-router", "simulate"]:
         assert name in text
 
 
@@ -47,9 +47,10 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "simulate" in out.stdout
 
 
-def test_planned_subcommand_says_so_and_fails(capsys):
-    assert main(["operator", "--namespace", "x"]) == 2
-    assert "issue #6" in capsys.readouterr().err
+def test_operator_names_a_bad_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["operator", "--metrics-port", "0"])
+    assert exc.value.code == 2 and "--metrics-port" in capsys.readouterr().err
 
 
 def test_unknown_flag_of_a_real_subcommand_is_named(capsys):
@@ -66,7 +67,9 @@ def test_profile_validate_names_a_missing_file(capsys):
 def test_worker_selector_is_stable_and_names_role_and_macro_instance():
     from ecoserve.operator.labels import worker_selector
 
-    assert worker_selector("llama-1") == "ecoserve.io/macroinstance=llama-1,ecoserve.io/role=worker"
+    assert worker_selector("llama-1") == (
+        "ecoserve.io/macroinstance=llama-1,ecoserve.io/role=worker,ecoserve.io/draining!=true"
+    )
 
 
 def test_profile_validate_names_the_wrong_gpu_flag(capsys):

@@ -1,0 +1,83 @@
+"""The kopf handlers: every trigger (create, update, resume, a periodic resync, any event of a worker pod) runs
+the same idempotent reconcile pass for the MacroInstance concerned, one pass at a time per MacroInstance.
+Run with `ecoserve operator`, or `kopf run -m ecoserve.operator.handlers`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+
+from . import metrics
+from .children import API_GROUP, OperatorSettings
+from .kube import Kube, Manifest, load_config
+from .labels import MACRO_INSTANCE, ROLE, Role
+from .reconcile import Reconciler
+
+MACRO_INSTANCES = (API_GROUP, "v1alpha1", "macroinstances")
+RESYNC_SECONDS = float(os.environ.get("ECOSERVE_OPERATOR_RESYNC_SECONDS", "10"))
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+
+def _post_event(obj: Manifest, kind: str, reason: str, message: str) -> None:
+    kopf.event(obj, type=kind, reason=reason, message=message)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # The CRD's status schema has no room for kopf's own bookkeeping: keep it in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.ecoserve.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.ecoserve.io")
+    settings.posting.level = logging.WARNING  # our own events say what happened; kopf's log lines stay in logs
+    load_config()
+    memo.reconciler = Reconciler(Kube(), _post_event, OperatorSettings.from_env())
+    if memo.get("metrics_port"):  # set by `ecoserve operator`
+        start_http_server(memo.metrics_port)
+
+
+def reconcile(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter) -> None:
+    with _locks_guard:
+        lock = _locks[namespace, name]
+    with lock:
+        try:
+            status = memo.reconciler.reconcile(namespace, name)
+        except (ValidationError, ValueError) as err:
+            metrics.RECONCILES.labels("error").inc()
+            raise kopf.PermanentError(f"invalid MacroInstance spec: {err}") from err
+        except ApiException as err:
+            metrics.RECONCILES.labels("error").inc()
+            raise kopf.TemporaryError(f"API error {err.status}: {err.reason}", delay=5) from err
+        metrics.RECONCILES.labels("ok").inc()
+    if status is not None:
+        logger.debug(f"reconciled: {status['phase']}, {status['readyInstances']}/{status['instances']} ready")
+
+
+@kopf.on.resume(*MACRO_INSTANCES)
+@kopf.on.create(*MACRO_INSTANCES)
+@kopf.on.update(*MACRO_INSTANCES)
+def on_macro_instance(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
+    reconcile(memo, namespace, name, logger)
+
+
+@kopf.timer(*MACRO_INSTANCES, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def resync(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
+    """Drain deadlines pass and pods become ready without any spec change: look again periodically."""
+    reconcile(memo, namespace, name, logger)
+
+
+@kopf.on.event("v1", "pods", labels={ROLE: Role.WORKER.value, MACRO_INSTANCE: kopf.PRESENT})
+def on_worker_pod(memo: kopf.Memo, namespace: str, labels: dict[str, str], logger: logging.Logger, **_: Any) -> None:
+    """A worker pod appeared, changed (readiness) or went away: its macro instance may need a new one."""
+    try:
+        reconcile(memo, namespace, labels[MACRO_INSTANCE], logger)
+    except (kopf.PermanentError, kopf.TemporaryError) as err:
+        logger.warning(f"reconcile after a pod event failed (the resync retries): {err}")
