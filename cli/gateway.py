@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .serve import positive_float, run_app
+from .serve import add_discovery_flags, positive_float, run_app, url_source
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--routers", required=True, help="comma-separated router URLs")
+    add_discovery_flags(p, "--routers", "router")
     p.add_argument("--poll-interval", type=positive_float, default=1.0, help="seconds between status polls")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(handler=_run)
@@ -24,7 +24,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ecoserve.router.gateway import create_gateway
 
-    urls = [u.strip() for u in args.routers.split(",") if u.strip()]
-    if not urls:
-        raise SystemExit("ecoserve gateway: --routers: give at least one router URL")
-    return run_app(create_gateway(urls, args.poll_interval), args.host, args.port, args.log_level)
+    source = url_source(args, "--routers", "gateway")
+    return run_app(create_gateway(source, args.poll_interval), args.host, args.port, args.log_level)

@@ -14,7 +14,16 @@ from ecoserve.brain.predictor import QuantilePredictor
 from ecoserve.brain.state import SLO, KVReservation
 from ecoserve.brain.window import SloWindow
 
-from .serve import add_cost_model_flags, cost_model, fraction, positive_float, positive_int, run_app
+from .serve import (
+    add_cost_model_flags,
+    add_discovery_flags,
+    cost_model,
+    fraction,
+    positive_float,
+    positive_int,
+    run_app,
+    url_source,
+)
 
 
 def add_slo_flags(p: argparse.ArgumentParser) -> None:
@@ -48,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", required=True, help="comma-separated worker URLs, e.g. http://127.0.0.1:8100,...")
+    add_discovery_flags(p, "--workers", "worker")
     add_router_flags(p)
     add_cost_model_flags(p)
     p.add_argument("--log-level", default="warning")
@@ -56,12 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ecoserve.router.app import create_app, static_workers
+    from ecoserve.router.app import create_app
 
-    urls = [u.strip() for u in args.workers.split(",") if u.strip()]
-    if not urls:
-        raise SystemExit("ecoserve router: --workers: give at least one worker URL")
-    app = create_app(build_router(args), static_workers(urls))
+    app = create_app(build_router(args), url_source(args, "--workers", "router"))
     return run_app(app, args.host, args.port, args.log_level)
 
 

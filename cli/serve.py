@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
 
 from ecoserve.brain.costmodel import CostModel
 from ecoserve.brain.hardware import UnknownPresetError, gpu_preset, interconnect_preset, model_preset
+
+if TYPE_CHECKING:
+    from ecoserve.router.discovery import UrlSource
 
 T = TypeVar("T")
 
@@ -77,3 +80,23 @@ def add_cost_model_flags(p: argparse.ArgumentParser) -> None:
 
 def cost_model(args: argparse.Namespace) -> CostModel:
     return CostModel(args.model_preset, args.gpu, tp=args.tp, pp=args.pp, tp_link=args.tp_link)
+
+
+def add_discovery_flags(p: argparse.ArgumentParser, static_flag: str, what: str) -> None:
+    """Where the upstreams come from: a fixed `static_flag` URL list, or pods found by label selector."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(static_flag, help=f"comma-separated {what} URLs, e.g. http://127.0.0.1:8100,...")
+    source.add_argument("--discover-selector", help=f"find the {what}s as ready pods with these labels (in a cluster)")
+    p.add_argument("--discover-namespace", default="default", help="namespace of the pods (default: default)")
+    p.add_argument("--discover-port", type=positive_int, default=8000, help="port of the pods (default 8000)")
+
+
+def url_source(args: argparse.Namespace, static_flag: str, command: str) -> UrlSource:
+    from ecoserve.router.discovery import kube_pods, static_urls
+
+    if args.discover_selector:
+        return kube_pods(args.discover_namespace, args.discover_selector, args.discover_port)
+    urls = [u.strip() for u in getattr(args, static_flag.removeprefix("--")).split(",") if u.strip()]
+    if not urls:
+        raise SystemExit(f"ecoserve {command}: {static_flag}: give at least one URL")
+    return static_urls(urls)

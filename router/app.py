@@ -4,7 +4,7 @@ readiness, Prometheus metrics and a JSON status for the gateway and operators.""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -17,30 +17,25 @@ from ecoserve.api.http import background, install_error_handlers, respond, upstr
 from ecoserve.api.protocol import APIError, ChatCompletionRequest, CompletionRequest, Kind, ResponseBuilder
 
 from .core import Router
+from .discovery import UrlSource, follow
 
 INSTANCE_HEADER = "x-ecoserve-instance"
 
-WorkerSource = Callable[[Router], Awaitable[None]]
 
-
-def static_workers(urls: list[str]) -> WorkerSource:
-    """A fixed worker list (local mode); a Kubernetes label-selector watch plugs in the same way."""
-
-    async def run(router: Router) -> None:
-        await router.set_workers(urls)
-
-    return run
-
-
-def create_app(build: Callable[[httpx.AsyncClient], Router], workers: WorkerSource) -> FastAPI:
-    """`build` makes the Router around the app's HTTP client; `workers` keeps its worker set current."""
+def create_app(build: Callable[[httpx.AsyncClient], Router], workers: UrlSource) -> FastAPI:
+    """`build` makes the Router around the app's HTTP client; `workers` keeps its worker set current (the first
+    set is in place before the app serves)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with upstream_client() as client:
             router = app.state.router = build(client)
-            await workers(router)
-            async with background(router.poll_forever(), "router-poll"):
+            updates = workers()
+            await router.set_workers(await anext(updates))
+            async with (
+                background(follow(updates, router.set_workers), "router-discovery"),
+                background(router.poll_forever(), "router-poll"),
+            ):
                 yield
 
     app = FastAPI(title="ecoserve router", lifespan=lifespan)

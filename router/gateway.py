@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from ecoserve.api.http import background, install_error_handlers, upstream_client
 from ecoserve.api.protocol import APIError
 
+from .discovery import UrlSource, follow
+
 HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
@@ -41,8 +43,14 @@ def choose(routers: list[RouterView], turn: int) -> list[RouterView]:
     return sorted(rotated, key=lambda r: -r.headroom)
 
 
-def create_gateway(router_urls: list[str], poll_interval: float = 1.0) -> FastAPI:
-    routers = [RouterView(u.rstrip("/")) for u in router_urls]
+def create_gateway(source: UrlSource, poll_interval: float = 1.0) -> FastAPI:
+    """`source` gives the group's router URLs as they change (macro instances split, merge or go)."""
+    routers: list[RouterView] = []
+
+    async def set_routers(urls: list[str]) -> None:
+        known = {r.url: r for r in routers}
+        routers[:] = [known.get(u.rstrip("/")) or RouterView(u.rstrip("/")) for u in urls]
+
     turns = itertools.count()
     registry = CollectorRegistry()
     forwarded = Counter("ecoserve_gateway_requests", "Requests forwarded, by router.", ["router"], registry=registry)
@@ -51,7 +59,7 @@ def create_gateway(router_urls: list[str], poll_interval: float = 1.0) -> FastAP
 
     async def poll(client: httpx.AsyncClient) -> None:
         while True:
-            for view in routers:
+            for view in list(routers):
                 try:
                     resp = await client.get(f"{view.url}/ecoserve/status", timeout=2.0)
                     view.healthy = resp.status_code == 200
@@ -65,7 +73,12 @@ def create_gateway(router_urls: list[str], poll_interval: float = 1.0) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with upstream_client() as client:
             app.state.client = client
-            async with background(poll(client), "gateway-poll"):
+            updates = source()
+            await set_routers(await anext(updates))
+            async with (
+                background(follow(updates, set_routers), "gateway-discovery"),
+                background(poll(client), "gateway-poll"),
+            ):
                 yield
 
     app = FastAPI(title="ecoserve gateway", lifespan=lifespan)
