@@ -70,7 +70,7 @@ def test_cost_model_preset(model, cost_model, expected):
 
 
 def test_unknown_model_needs_a_cost_model():
-    with pytest.raises(ValueError, match="spec.engine.costModel"):
+    with pytest.raises(ValueError, match=r"spec\.engine\.costModel"):
         MacroInstanceSpec(model="my-org/finetune", group="g").cost_model_preset()
 
 
