@@ -34,10 +34,11 @@ class OperatorSettings:
 
     @classmethod
     def from_env(cls) -> OperatorSettings:
+        default = cls()
         return cls(
-            os.environ.get("ECOSERVE_CONTROL_IMAGE", cls.control_image),
-            os.environ.get("ECOSERVE_WORKER_IMAGE", cls.worker_image),
-            os.environ.get("ECOSERVE_IMAGE_PULL_POLICY", cls.image_pull_policy),
+            os.environ.get("ECOSERVE_CONTROL_IMAGE", default.control_image),
+            os.environ.get("ECOSERVE_WORKER_IMAGE", default.worker_image),
+            os.environ.get("ECOSERVE_IMAGE_PULL_POLICY", default.image_pull_policy),
         )
 
 

@@ -44,7 +44,15 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         start_http_server(memo.metrics_port)
 
 
-def reconcile(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter) -> None:
+def reconcile(
+    memo: kopf.Memo,
+    namespace: str,
+    name: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+    body: kopf.Body | None = None,
+) -> None:
+    """One pass; a spec the operator cannot serve is a permanent error, reported as a Warning event on `body`
+    (given by the spec-change handlers only, so the periodic resync does not repeat it)."""
     with _locks_guard:
         lock = _locks[namespace, name]
     with lock:
@@ -52,6 +60,8 @@ def reconcile(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger
             status = memo.reconciler.reconcile(namespace, name)
         except (ValidationError, ValueError) as err:
             metrics.RECONCILES.labels("error").inc()
+            if body is not None:
+                kopf.warn(body, reason="InvalidSpec", message=str(err))
             raise kopf.PermanentError(f"invalid MacroInstance spec: {err}") from err
         except ApiException as err:
             metrics.RECONCILES.labels("error").inc()
@@ -64,8 +74,10 @@ def reconcile(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger
 @kopf.on.resume(*MACRO_INSTANCES)
 @kopf.on.create(*MACRO_INSTANCES)
 @kopf.on.update(*MACRO_INSTANCES)
-def on_macro_instance(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
-    reconcile(memo, namespace, name, logger)
+def on_macro_instance(
+    memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger, body: kopf.Body, **_: Any
+) -> None:
+    reconcile(memo, namespace, name, logger, body)
 
 
 @kopf.timer(*MACRO_INSTANCES, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)

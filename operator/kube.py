@@ -44,18 +44,13 @@ class Kube:
 
     def _call(self, method: str, path: str, body: Any = None, query: list | None = None, patch: bool = False) -> Any:
         headers = {"Accept": "application/json", "Content-Type": MERGE_PATCH if patch else "application/json"}
-        data = self.client.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-            response_type="object",
-            _return_http_data_only=True,
-            _preload_content=False,
+        method, url, headers, body, post = self.client.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        raw = data.data
+        response = self.client.call_api(method, url, headers, body, post)
+        raw = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, body=raw.decode(errors="replace"))
         return json.loads(raw) if raw else None
 
     def create(self, manifest: Manifest) -> Manifest:

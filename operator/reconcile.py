@@ -57,13 +57,13 @@ def apply(kube: Kube, manifest: Manifest) -> str | None:
     return "updated"
 
 
-def worker_idle(pod: Manifest, timeout: float = 2.0) -> bool:
+def worker_idle(pod: Manifest, timeout: float = 2.0, port: int = PORT) -> bool:
     """A draining worker with no request left, by its vLLM metrics; a pod without an IP never served any."""
     ip = (pod.get("status") or {}).get("podIP")
     if not ip:
         return True
     try:
-        resp = httpx.get(f"http://{ip}:{PORT}/metrics", timeout=timeout)
+        resp = httpx.get(f"http://{ip}:{port}/metrics", timeout=timeout)
         info = parse_worker_metrics(resp.text) if resp.status_code == 200 else None
     except httpx.HTTPError:
         return False
@@ -80,7 +80,7 @@ class Reconciler:
     event: EventFn
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     clock: Callable[[], datetime] = utcnow
-    idle: Callable[[Manifest], bool] = worker_idle
+    idle: Callable[[Manifest], bool] = field(default=lambda pod: worker_idle(pod))  # late-bound for tests
 
     def reconcile(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One pass; returns the status written (None if the MacroInstance is gone or being deleted)."""

@@ -289,3 +289,9 @@ def test_pod_urls_are_ready_selected_pods_with_an_ip():
     draining["status"]["podIP"] = "10.0.0.3"
     no_ip = pod(3)
     assert pod_urls([ready, unready, draining, no_ip], f"{DRAINING}!=true", 8000) == ["http://10.0.0.1:8000"]
+
+
+def test_operator_settings_from_env(monkeypatch):
+    monkeypatch.setenv("ECOSERVE_WORKER_IMAGE", "reg/w:2")
+    settings = OperatorSettings.from_env()
+    assert settings.worker_image == "reg/w:2" and settings.control_image == OperatorSettings().control_image
