@@ -30,13 +30,16 @@ def schema_of(crd: dict[str, Any]) -> dict[str, Any]:
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
     """Structural defaulting: a missing field with a default gets it, then defaults apply inside."""
-    if isinstance(value, dict) and "properties" in schema:
-        for name, sub in schema["properties"].items():
+    if isinstance(value, dict):
+        for name, sub in (schema.get("properties") or {}).items():
             if name not in value and "default" in sub:
                 value[name] = copy.deepcopy(sub["default"])
             if name in value:
                 value[name] = apply_defaults(sub, value[name])
-    elif isinstance(value, list) and "items" in schema:
+        if isinstance(schema.get("additionalProperties"), dict):
+            for name in value:
+                value[name] = apply_defaults(schema["additionalProperties"], value[name])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [apply_defaults(schema["items"], v) for v in value]
     return value
 

@@ -55,7 +55,7 @@ What it adds to kmock's emulator (the gaps K8S-TOOLING.md lists, fixed):
   Posting a CRD through the API serves it too. Undeclared resources answer 404.
 - Custom resources go through the CRD's structural schema: unknown fields are pruned (unless
   `x-kubernetes-preserve-unknown-fields`), defaults are applied, and the object is validated with
-  tests/crdcheck.py (`admit`: jsonschema + core CEL, an approximation) when that module imports; 422 if invalid.
+  tests/crdcheck.py (`admit`: jsonschema + core CEL, an approximation); 422 if invalid.
 
 Known remaining gaps (test these at the unit level, or on a real cluster with the e2e suite):
 
@@ -103,6 +103,7 @@ import jsonpointer
 import kmock
 import pytest
 import yaml
+from crdcheck import admit, apply_defaults
 from kmock._internal import apps, enums, parsing, rendering
 
 T = TypeVar("T")
@@ -308,30 +309,6 @@ def prune(schema: dict[str, Any], value: Any, *, root: bool = False) -> Any:
     return value
 
 
-def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """Structural defaulting: a missing field with a default gets it, then defaults apply inside."""
-    if isinstance(value, dict):
-        for key, sub in (schema.get("properties") or {}).items():
-            if key not in value and "default" in sub:
-                value[key] = copy.deepcopy(sub["default"])
-            if key in value:
-                value[key] = apply_defaults(sub, value[key])
-        if isinstance(schema.get("additionalProperties"), dict):
-            for key in value:
-                value[key] = apply_defaults(schema["additionalProperties"], value[key])
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [apply_defaults(schema["items"], item) for item in value]
-    return value
-
-
-def _crdcheck_admit() -> Callable[..., tuple[dict[str, Any], list[str]]] | None:
-    try:
-        from crdcheck import admit  # tests/crdcheck.py: jsonschema + cel-python, an approximation
-    except Exception:  # not importable (missing deps or being edited): no validation, pruning/defaults still
-        return None
-    return admit
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The emulator.
 
@@ -519,8 +496,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return obj
         schema = crd["spec"]["versions"][0].get("schema", {}).get("openAPIV3Schema", {})
         obj = apply_defaults(schema, prune(schema, obj, root=True))
-        admit = _crdcheck_admit() if self.validate else None
-        if admit is not None:
+        if self.validate:
             _, errors = admit(obj, crd)
             if errors:
                 kind = self.resources[res].kind
