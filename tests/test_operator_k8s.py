@@ -234,3 +234,36 @@ def test_drain_idleness_is_read_from_the_workers_metrics():
         assert worker_idle({"metadata": {}, "status": {}}) is True  # never had an IP: never served
     finally:
         server.shutdown()
+
+
+def test_router_discovery_follows_ready_pods_through_the_api(kube):
+    """The routers' and gateways' UrlSource, against the emulator: list, watch, and list again on any change."""
+    import asyncio
+
+    from ecoserve.operator.labels import worker_selector
+    from ecoserve.router.discovery import kube_pods
+
+    def add_pod(name: str, ip: str) -> None:
+        labels = {MACRO_INSTANCE: "demo", ROLE: "worker"}
+        spec = {"containers": [{"name": "worker", "image": "x"}]}
+        kube.create("v1", "pods", {"metadata": {"name": name, "labels": labels}, "spec": spec}, NS)
+        ready = {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        kube.patch_status("v1", "pods", name, ready, NS)
+
+    async def follow() -> list[list[str]]:
+        seen: list[list[str]] = []
+        updates = kube_pods(NS, worker_selector("demo"), 8000, resync_seconds=5)()
+        seen.append(await asyncio.wait_for(anext(updates), TIMEOUT))
+        add_pod("b", "10.0.0.2")
+        seen.append(await asyncio.wait_for(anext(updates), TIMEOUT))
+        kube.patch("v1", "pods", "a", {"metadata": {"labels": {DRAINING: "true"}}}, NS)
+        seen.append(await asyncio.wait_for(anext(updates), TIMEOUT))
+        await updates.aclose()
+        return seen
+
+    add_pod("a", "10.0.0.1")
+    assert asyncio.run(follow()) == [
+        ["http://10.0.0.1:8000"],
+        ["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+        ["http://10.0.0.2:8000"],
+    ]
