@@ -36,8 +36,9 @@ What it adds to kmock's emulator (the gaps K8S-TOOLING.md lists, fixed):
 - Finalizers: DELETE of an object with finalizers sets `deletionTimestamp` (and keeps it); the object goes when
   the last finalizer is removed; new finalizers are refused (422) once deletion started.
 - Garbage collection by `ownerReferences` (background propagation, immediately, unless DELETE asked for
-  `propagationPolicy: Orphan`): dependents whose owners are all gone are deleted (their finalizers honoured);
-  deleting a namespace deletes what is in it. Creating in a namespace that does not exist answers 404.
+  `propagationPolicy: Orphan`): dependents whose owners are all gone are deleted (their finalizers honoured),
+  also one created after its owners went; deleting a namespace deletes what is in it. Creating in a namespace
+  that does not exist answers 404.
 - Lists honour `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and
   `fieldSelector` (`path=v`, `path!=v` on any dotted path, e.g. `metadata.name`, `status.phase`), carry
   `kind: <Kind>List`, `apiVersion` and the cluster's current `metadata.resourceVersion`.
@@ -560,6 +561,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = obj
         self._emit(res, "ADDED", obj)
+        refs = obj["metadata"].get("ownerReferences") or []
+        if self.garbage_collection and refs:
+            live_uids = {o.raw["metadata"]["uid"] for o in self.objects.values() if not o.deleted}
+            if not any(ref.get("uid") in live_uids for ref in refs):  # created for owners already gone
+                self._delete(res, key[1], key[2])
         return copy.deepcopy(obj)
 
     def _builtin_create_defaults(self, res: kmock.resource, obj: dict[str, Any]) -> None:
