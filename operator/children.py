@@ -85,6 +85,11 @@ def _labels(spec: MacroInstanceSpec, role: Role, mi: str | None) -> dict[str, st
     return labels
 
 
+def _selector_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The labels that identify a Deployment's or Service's pods (the others may change without a rollout)."""
+    return {k: v for k, v in labels.items() if k in (GROUP, MACRO_INSTANCE, ROLE)}
+
+
 def _meta(name: str, namespace: str, labels: dict[str, str], owners: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": owners}
 
@@ -202,7 +207,7 @@ def _deployment(
     settings: OperatorSettings,
 ) -> Manifest:
     """A one-replica control-plane Deployment (router or gateway) that watches pods through the API."""
-    match = {k: v for k, v in labels.items() if k in (GROUP, MACRO_INSTANCE, ROLE)}
+    match = _selector_labels(labels)
     container = {
         "name": labels[ROLE],
         "image": image,
@@ -234,7 +239,7 @@ def _deployment(
 
 
 def _service(name: str, namespace: str, labels: dict[str, str], owners: list[dict[str, Any]]) -> Manifest:
-    match = {k: v for k, v in labels.items() if k in (GROUP, MACRO_INSTANCE, ROLE)}
+    match = _selector_labels(labels)
     return {
         "apiVersion": "v1",
         "kind": "Service",
