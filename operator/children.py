@@ -344,7 +344,11 @@ def desired_children(
     which includes `cr`) and the namespace's discovery RBAC (owned by every CR in the namespace)."""
     spec = read_spec(cr)
     namespace = cr["metadata"]["namespace"]
-    live = [c for c in namespace_crs if not c["metadata"].get("deletionTimestamp")]
+    # `cr` itself always owns: a list taken after its deletion started would otherwise leave owner lists empty
+    # (an object with no owners is never garbage-collected)
+    uid = cr["metadata"].get("uid")
+    others = [c for c in namespace_crs if c["metadata"].get("uid") != uid]
+    live = [cr, *(c for c in others if not c["metadata"].get("deletionTimestamp"))]
     group = [c for c in live if (c.get("spec") or {}).get("group") == spec.group]
     all_owners = [owner_reference(c, controller=False) for c in sorted(live, key=lambda c: c["metadata"]["name"])]
     return [

@@ -38,6 +38,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.ecoserve.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.ecoserve.io")
     settings.posting.level = logging.WARNING  # our own events say what happened; kopf's log lines stay in logs
+    # A MacroInstance deleted while its resync timer runs a pass keeps kopf's finalizer until the timer has exited,
+    # and kopf looks again only after this long (60 s by default): a pass takes well under a second.
+    settings.background.cancellation_polling = 1.0
     load_config()
     memo.reconciler = Reconciler(Kube(), _post_event, OperatorSettings.from_env())
     if memo.get("metrics_port"):  # set by `ecoserve operator`

@@ -37,8 +37,8 @@ What it adds to kmock's emulator (the gaps K8S-TOOLING.md lists, fixed):
   the last finalizer is removed; new finalizers are refused (422) once deletion started.
 - Garbage collection by `ownerReferences` (background propagation, immediately, unless DELETE asked for
   `propagationPolicy: Orphan`): dependents whose owners are all gone are deleted (their finalizers honoured),
-  also one created after its owners went; deleting a namespace deletes what is in it. Creating in a namespace
-  that does not exist answers 404.
+  also one created, or re-owned, after its owners went; deleting a namespace deletes what is in it. Creating in a
+  namespace that does not exist answers 404.
 - Lists honour `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and
   `fieldSelector` (`path=v`, `path!=v` on any dotted path, e.g. `metadata.name`, `status.phase`), carry
   `kind: <Kind>List`, `apiVersion` and the cluster's current `metadata.resourceVersion`.
@@ -561,12 +561,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = obj
         self._emit(res, "ADDED", obj)
+        self._collect_if_orphaned(res, obj)
+        return copy.deepcopy(obj)
+
+    def _collect_if_orphaned(self, res: kmock.resource, obj: dict[str, Any]) -> None:
+        """An object created or updated with owners that are all gone is collected, as the real GC does."""
         refs = obj["metadata"].get("ownerReferences") or []
         if self.garbage_collection and refs:
             live_uids = {o.raw["metadata"]["uid"] for o in self.objects.values() if not o.deleted}
-            if not any(ref.get("uid") in live_uids for ref in refs):  # created for owners already gone
-                self._delete(res, key[1], key[2])
-        return copy.deepcopy(obj)
+            if not any(ref.get("uid") in live_uids for ref in refs):
+                self._delete(res, obj["metadata"].get("namespace"), obj["metadata"]["name"])
 
     def _builtin_create_defaults(self, res: kmock.resource, obj: dict[str, Any]) -> None:
         if res == res_of("v1", "pods"):
@@ -609,6 +613,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._emit(res, "MODIFIED", new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._remove(res, new)
+        elif meta.get("ownerReferences") != old_meta.get("ownerReferences"):
+            self._collect_if_orphaned(res, new)
         return copy.deepcopy(new)
 
     def _update(

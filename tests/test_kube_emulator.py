@@ -261,6 +261,17 @@ def test_finalizers_hold_deletion_and_owners_take_dependents_along(kube):
         kube.create("v1", "pods", pod("nowhere"), "no-such-namespace")
 
 
+def test_an_object_re_owned_by_owners_already_gone_is_collected(kube):
+    owner = kube.create("v1", "configmaps", {"metadata": {"name": "owner"}}, "default")
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    kube.create("v1", "configmaps", {"metadata": {"name": "child"}}, "default")
+    kube.delete("v1", "configmaps", "owner", "default")
+    kube.patch("v1", "configmaps", "child", {"metadata": {"labels": {"a": "b"}}}, "default")
+    assert kube.get("v1", "configmaps", "child", "default")  # no owners at all: kept
+    kube.patch("v1", "configmaps", "child", {"metadata": {"ownerReferences": [ref]}}, "default")
+    assert kube.get("v1", "configmaps", "child", "default") is None
+
+
 def test_watch_from_a_listed_resource_version_misses_nothing(kube):
     listing = httpx.get(f"{kube.url}/api/v1/namespaces/default/configmaps").json()
     kube.create("v1", "configmaps", {"metadata": {"name": "between-list-and-watch"}}, "default")

@@ -164,6 +164,18 @@ def test_router_watches_its_serving_workers_and_prices_the_slo():
     assert service["spec"]["selector"] == {GROUP: "llama", MACRO_INSTANCE: "llama", ROLE: "router"}
 
 
+def test_owners_never_go_empty_when_the_list_saw_the_reconciled_resource_being_deleted():
+    """A pass that read `cr` live, then listed the namespace after its deletion began, must still name `cr` as an
+    owner: an empty owner list would orphan the gateway and the RBAC forever (CI saw this race)."""
+    one = cr("llama", uid="u1")
+    deleting = one | {"metadata": one["metadata"] | {"deletionTimestamp": "2026-11-21T00:00:00Z"}}
+    gone = cr("llama-2", uid="u2")
+    gone["metadata"]["deletionTimestamp"] = "2026-11-21T00:00:00Z"
+    children = by_kind(desired_children(one, [deleting, gone]))
+    for kind, name in [("Deployment", "llama-gateway"), ("Service", "llama-gateway"), ("Role", "ecoserve-discovery")]:
+        assert [o["uid"] for o in children[kind, name]["metadata"]["ownerReferences"]] == ["u1"]
+
+
 def test_gateway_is_owned_by_every_macro_instance_of_the_group_only():
     one, two = cr("llama", uid="u1"), cr("llama-2", uid="u2")
     other = cr("mistral", group="mistral", uid="u3")
