@@ -28,17 +28,19 @@ class MacroBook:
         predicted = self.predictor.predict(prompt_len, max_tokens)
         return Request(request_id, prompt_len, now, max_tokens=max_tokens, predicted_output=predicted)
 
-    def _track(self, decisions: list[RoutingDecision]) -> list[RoutingDecision]:
+    def _track(self, decisions: list[RoutingDecision], now: float) -> list[RoutingDecision]:
         for d in decisions:
             if d.outcome is Outcome.ROUTE and d.instance_id is not None:
                 self._where[d.request_id] = d.instance_id
+            elif d.outcome is Outcome.REJECT and d.reason != "too_large":  # too large is the client's error
+                self.window.record_rejection(now)
         return decisions
 
     def submit(self, request: Request, now: float) -> list[RoutingDecision]:
-        return self._track(self.scheduler.submit(self.state, request, now))
+        return self._track(self.scheduler.submit(self.state, request, now), now)
 
     def retry(self, now: float) -> list[RoutingDecision]:
-        return self._track(self.scheduler.retry_held(self.state, now))
+        return self._track(self.scheduler.retry_held(self.state, now), now)
 
     def instance_of(self, request_id: str) -> InstanceState | None:
         wid = self._where.get(request_id)
@@ -48,9 +50,14 @@ class MacroBook:
         return inst if request_id in inst.requests else None
 
     def on_tokens(self, request: Request, count: int, now: float) -> list[RoutingDecision]:
-        """Tokens streamed for a routed request; a first token ends a prefill, which may let held ones in."""
+        """Tokens streamed for a routed request; a first token ends a prefill, which may let held ones in.
+        A request whose instance left the macro instance (moved by a split or merge) finishes on its old
+        route: only the request's own progress is kept, so its TTFT and TPOT still count."""
+        if count <= 0:
+            return []
         inst = self.instance_of(request.id)
-        if inst is None or count <= 0:
+        if inst is None:
+            request.record_tokens(count, now)
             return []
         first = request.first_token_time is None
         inst.record_tokens(request.id, count, now)
@@ -100,11 +107,18 @@ class MacroBook:
             return 0.0
         return sum(max(i.free_blocks(mode), 0) for i in live) / total
 
-    def observe(self, name: str, now: float, rejected: int = 0) -> MacroObservation:
-        """The mitosis planner's input: the SLO window and the median saved TPOT of the decodes right now."""
-        stats = self.window.stats(now)
+    def saved_tpots(self, now: float) -> list[float]:
+        """Saved TPOT of every decoding request right now, smallest first."""
         tpot = self.scheduler.settings.slo.tpot
-        saved = sorted(r.saved_tpot(tpot, now) for i in self.state.instances for r in i.decoding())
+        return sorted(r.saved_tpot(tpot, now) for i in self.state.instances for r in i.decoding())
+
+    def observe(self, name: str, now: float) -> MacroObservation:
+        """The mitosis planner's input: the SLO window (rejections included) and the median saved TPOT of the
+        decodes right now."""
+        stats = self.window.stats(now)
+        saved = self.saved_tpots(now)
         median = saved[len(saved) // 2] if saved else None
         size = len(self.state.instances)
-        return MacroObservation(name, size, stats.requests, stats.ttft_mean, stats.ttft_attainment, median, rejected)
+        return MacroObservation(
+            name, size, stats.requests, stats.ttft_mean, stats.ttft_attainment, median, stats.rejected
+        )

@@ -10,7 +10,7 @@ operator (or the simulator) carries the decision out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -36,6 +36,38 @@ class MacroObservation:
     ttft_attainment: float | None = None
     saved_tpot: float | None = None
     rejected: int = 0
+
+    def to_json(self) -> dict[str, float | int | None]:
+        """The figures a router reports (its name and size are the caller's: a CR's, or a local group's)."""
+        return {
+            "requests": self.requests,
+            "ttft_mean": self.ttft_mean,
+            "ttft_attainment": self.ttft_attainment,
+            "saved_tpot": self.saved_tpot,
+            "rejected": self.rejected,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, size: int, figures: Mapping[str, object]) -> MacroObservation:
+        """A router's reported figures (`to_json`) for macro instance `name` of `size` instances."""
+
+        def number(key: str) -> float | None:
+            value = figures.get(key)
+            if value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{key} must be a number, got {value!r}")
+            return float(value)
+
+        return cls(
+            name,
+            size,
+            int(number("requests") or 0),
+            number("ttft_mean"),
+            number("ttft_attainment"),
+            number("saved_tpot"),
+            int(number("rejected") or 0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +222,14 @@ def _figures(m: MacroObservation) -> tuple[tuple[str, float], ...]:
         "rejected": m.rejected,
     }
     return tuple((k, float(v)) for k, v in values.items() if v is not None)
+
+
+def sibling_name(group: str, taken: Collection[str]) -> str:
+    """The name of a split's new macro instance: `GROUP-2`, `GROUP-3`, ... the first one not taken."""
+    k = 2
+    while f"{group}-{k}" in taken:
+        k += 1
+    return f"{group}-{k}"
 
 
 def apply_to_sizes(sizes: Mapping[str, int], decision: ScalingDecision, new_name: str) -> dict[str, int]:

@@ -77,6 +77,12 @@ class Request:
     def predicted_remaining(self) -> int:
         return max(self.predicted_output - self.generated, 0)
 
+    def record_tokens(self, count: int, now: float) -> None:
+        if self.first_token_time is None:
+            self.first_token_time = now
+        self.generated += count
+        self.last_token_time = now
+
     def saved_tpot(self, tpot_slo: float, now: float) -> float:
         """Slack banked by decoding faster than the TPOT SLO: L·S_TPOT − (now − first token).
 
@@ -176,10 +182,7 @@ class InstanceState:
         bs, prompt, predicted = self.block_size, r.prompt_len, r.predicted_output
         old_ctx = prompt + r.generated
         old_out = prompt + max(r.generated, predicted)
-        if r.first_token_time is None:
-            r.first_token_time = now
-        r.generated += count
-        r.last_token_time = now
+        r.record_tokens(count, now)
         new_ctx = old_ctx + count
         new_out = prompt + max(r.generated, predicted)
         reserved = self._reserved

@@ -32,6 +32,7 @@ class WindowStats:
     ttft_attainment: float | None
     slo_attainment: float | None
     goodput: float  # requests per second that met both SLOs
+    rejected: int = 0  # requests turned away for want of capacity (not counted in `requests`)
 
 
 class SloWindow:
@@ -43,16 +44,24 @@ class SloWindow:
         self.slo = slo
         self.seconds = seconds
         self._outcomes: deque[Outcome] = deque()
+        self._rejections: deque[float] = deque()
 
     def record(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
 
+    def record_rejection(self, now: float) -> None:
+        self._rejections.append(now)
+
     def stats(self, now: float) -> WindowStats:
-        while self._outcomes and self._outcomes[0].end < now - self.seconds:
+        start = now - self.seconds
+        while self._outcomes and self._outcomes[0].end < start:
             self._outcomes.popleft()
+        while self._rejections and self._rejections[0] < start:
+            self._rejections.popleft()
         outcomes = list(self._outcomes)
+        rejected = len(self._rejections)
         if not outcomes:
-            return WindowStats(0, None, None, None, 0.0)
+            return WindowStats(0, None, None, None, 0.0, rejected)
         ttfts = [o.ttft for o in outcomes if o.ttft is not None]
         met = sum(o.meets(self.slo) for o in outcomes)
         ttft_ok = sum(1 for o in outcomes if not o.failed and o.ttft is not None and o.ttft <= self.slo.ttft)
@@ -62,4 +71,5 @@ class SloWindow:
             ttft_attainment=ttft_ok / len(outcomes),
             slo_attainment=met / len(outcomes),
             goodput=met / self.seconds,
+            rejected=rejected,
         )

@@ -101,9 +101,11 @@ class Router:
         self._on_change()
 
     def _remove_worker(self, wid: str) -> None:
-        """A worker leaving: requests not started there go back to the queue; running ones finish or fail."""
+        """A worker leaving the set. Its streams go on: a worker moved to another macro instance (split, merge)
+        finishes them on their old route, and a dead one fails them, which routes those without a first token
+        again (see `stream`); so nothing is queued twice here."""
         del self.workers[wid]
-        self._apply(self.book.remove_instance(wid, self.clock()))
+        self._apply(self.book.remove_instance(wid, self.clock(), requeue_pending=False))
 
     def _set_health(self, worker: Worker, healthy: bool) -> None:
         worker.healthy = healthy
@@ -264,8 +266,12 @@ class Router:
         self.metrics.requests.labels(outcome).inc()
 
     def status(self) -> dict:
-        """The router's view, as JSON: for the gateway's headroom and for humans."""
-        stats = self.book.window.stats(self.clock())
+        """The router's view, as JSON: headroom for the gateway, the mitosis planner's inputs (`planner`) for
+        the operator or `ecoserve up --autoscale`, and the rest for humans."""
+        now = self.clock()
+        stats = self.book.window.stats(now)
+        saved = self.book.saved_tpots(now)
+        observed = self.book.observe("", now)
         scheduler = self.book.scheduler.settings
         instances = []
         for k, inst in enumerate(self.state.instances):
@@ -285,6 +291,7 @@ class Router:
             )
         return {
             "instances": instances,
+            "in_flight": len(self._tracked),  # accepted and not yet ended: a router may stop once this is 0
             "queue_depth": len(self.state.held),
             "queue_limit": scheduler.queue_limit,
             "headroom": self.book.headroom(),
@@ -295,7 +302,14 @@ class Router:
                 "ttft_attainment": stats.ttft_attainment,
                 "slo_attainment": stats.slo_attainment,
                 "goodput": stats.goodput,
+                "rejected": stats.rejected,
             },
+            "saved_tpot": {
+                "decoding": len(saved),
+                "min": saved[0] if saved else None,
+                "median": observed.saved_tpot,
+            },
+            "planner": observed.to_json(),
         }
 
 

@@ -44,6 +44,21 @@ class RouterMetrics:
             "ecoserve_router_ttft_attainment", "Share of requests meeting the TTFT SLO (window).", registry=r
         )
         self.goodput = Gauge("ecoserve_router_goodput", "Requests per second meeting both SLOs (window).", registry=r)
+        self.window_requests = Gauge(
+            "ecoserve_router_window_requests", "Requests finished or failed in the window.", registry=r
+        )
+        self.window_rejected = Gauge(
+            "ecoserve_router_window_rejected", "Requests turned away (queue full) in the window.", registry=r
+        )
+        self.ttft_mean = Gauge(
+            "ecoserve_router_ttft_mean_seconds", "Mean TTFT in the window (compare with the TTFT SLO).", registry=r
+        )
+        self.saved_tpot = Gauge(
+            "ecoserve_router_saved_tpot_median_seconds",
+            "Median saved TPOT of the decoding requests: slack the mitosis planner shrinks on.",
+            registry=r,
+        )
+        self.decoding = Gauge("ecoserve_router_decoding_requests", "Requests past their first token.", registry=r)
         self.phase = Gauge(
             "ecoserve_router_instance_phase", "1 for each instance's phase.", ["instance", "phase"], registry=r
         )
@@ -59,10 +74,17 @@ class RouterMetrics:
 
     def observe_instances(self, router: Router) -> None:
         """Refresh the gauges that describe the macro instance as a whole."""
-        stats = router.book.window.stats(router.clock())
+        now = router.clock()
+        stats = router.book.window.stats(now)
         self.slo_attainment.set(stats.slo_attainment if stats.slo_attainment is not None else 1.0)
         self.ttft_attainment.set(stats.ttft_attainment if stats.ttft_attainment is not None else 1.0)
         self.goodput.set(stats.goodput)
+        observed = router.book.observe("", now)
+        self.window_requests.set(observed.requests)
+        self.window_rejected.set(observed.rejected)
+        self.ttft_mean.set(observed.ttft_mean or 0.0)
+        self.saved_tpot.set(observed.saved_tpot or 0.0)
+        self.decoding.set(len(router.book.saved_tpots(now)))
         mode = router.book.scheduler.settings.kv_reservation
         for k, inst in enumerate(router.state.instances):
             worker = router.workers[inst.id]

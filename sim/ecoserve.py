@@ -20,7 +20,7 @@ from ecoserve.bench.workload import WorkloadRequest
 from ecoserve.brain.book import MacroBook
 from ecoserve.brain.engine import StepResult
 from ecoserve.brain.macro import MacroScheduler, MacroSchedulerSettings, Outcome, RoutingDecision
-from ecoserve.brain.mitosis import Action, MitosisPlanner, MitosisSettings, ScalingDecision
+from ecoserve.brain.mitosis import Action, MitosisPlanner, MitosisSettings, ScalingDecision, sibling_name
 from ecoserve.brain.predictor import QuantilePredictor
 from ecoserve.brain.state import InstanceState, Request
 from ecoserve.brain.temporal import TemporalPolicy
@@ -74,7 +74,6 @@ class EcoServeCluster(Cluster):
         self.events: list[ScalingEvent] = []
         self._macro_of: dict[str, str] = {}  # instance id -> macro name
         self._owner: dict[str, tuple[MacroBook, Request]] = {}  # request id -> the book routing it
-        self._names = itertools.count(1)
         self._ids = itertools.count()
         self._last_change: float | None = None
         self._pending = 0  # requests not yet arrived
@@ -85,7 +84,7 @@ class EcoServeCluster(Cluster):
     # --- building blocks -----------------------------------------------------------------------------
 
     def _new_macro(self) -> Macro:
-        name = f"{self.group}-{next(self._names)}"
+        name = sibling_name(self.group, self.macros) if self.macros else self.group
         window = self.mitosis.window if self.mitosis else 60.0
         scheduler = MacroScheduler(self._settings, self.deployment.cost)
         book = MacroBook(scheduler, QuantilePredictor(), SloWindow(self.deployment.slo, window))

@@ -73,3 +73,28 @@ def test_aborted_and_failed_requests():
     b.state.held.append(q)
     b.on_finish(q, 0.6, "aborted")
     assert not b.state.held and b.window.stats(1.0).requests == 1
+
+
+def test_queue_full_rejections_reach_the_planners_observation_but_too_large_ones_do_not():
+    b = book(queue_limit=0)
+    last = [b.submit(b.new_request(f"r{k}", 100, 5, 0.1), 0.1)[-1] for k in range(20)]  # until one must wait
+    assert [d.outcome for d in last].count(Outcome.REJECT) == 11 and last[-1].reason == "queue_full"
+    (too_large,) = b.submit(b.new_request("huge", 10**7, 5, 0.2), 0.2)
+    assert (too_large.outcome, too_large.reason) == (Outcome.REJECT, "too_large")
+    observed = b.observe("m", 1.0)
+    assert (observed.name, observed.size, observed.rejected) == ("m", 1, 11)
+    assert b.observe("m", 20.0).rejected == 0  # out of the 10 s window
+
+
+def test_a_request_whose_instance_moved_away_keeps_its_progress_and_counts():
+    """A split or merge moves a worker to another macro instance: its requests finish on their old route, and
+    their TTFT and TPOT still reach the SLO window."""
+    b = book()
+    r = b.new_request("r", 10, 5, 0.0)
+    b.submit(r, 0.0)
+    b.remove_instance("a", 0.1, requeue_pending=False)
+    assert b.on_tokens(r, 1, 0.3) == [] and b.on_tokens(r, 4, 0.5) == []
+    assert (r.generated, r.ttft(), r.tpot()) == (5, 0.3, 0.05)
+    b.on_finish(r, 0.5, "ok")
+    stats = b.window.stats(1.0)
+    assert (stats.requests, stats.ttft_mean, stats.slo_attainment) == (1, 0.3, 1.0)

@@ -74,6 +74,10 @@ def test_many_concurrent_requests_all_complete_and_show_in_metrics(up):
         assert name in text
     status = httpx.get(f"{up}/ecoserve/status", timeout=5).json()
     assert len(status["instances"]) == 2 and status["window"]["requests"] >= 48
+    assert status["planner"]["requests"] == status["window"]["requests"]
+    assert status["planner"]["ttft_mean"] == pytest.approx(status["window"]["ttft_mean"])
+    assert _metric(up, "ecoserve_router_window_requests") >= 48
+    assert _metric(up, "ecoserve_router_ttft_mean_seconds") > 0
 
 
 @pytest.mark.parametrize(
@@ -158,6 +162,11 @@ def test_full_queue_answers_429_with_retry_after():
         assert resp.json()["error"]["type"] == "RateLimitError"
         stream.close()
         assert _metric(mi["url"], 'ecoserve_router_requests_total{outcome="rejected"}') == 1
+        # The mitosis planner's inputs: the rejection counts in the window, as JSON and on /metrics.
+        status = httpx.get(f"{mi['url']}/ecoserve/status", timeout=5).json()
+        assert status["planner"]["rejected"] == 1 and status["window"]["rejected"] == 1
+        assert set(status["planner"]) == {"requests", "ttft_mean", "ttft_attainment", "saved_tpot", "rejected"}
+        assert _metric(mi["url"], "ecoserve_router_window_rejected") == 1
 
 
 def test_worker_killed_mid_stream_gives_an_explicit_error_and_others_take_over():

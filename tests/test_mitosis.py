@@ -12,6 +12,7 @@ from ecoserve.brain.mitosis import (
     MitosisPlanner,
     MitosisSettings,
     apply_to_sizes,
+    sibling_name,
 )
 from ecoserve.brain.state import SLO
 
@@ -145,3 +146,17 @@ def test_sizes_stay_within_bounds(bounds, rounds):
         d = p.plan(group, now=float(t))
         sizes = apply_to_sizes(sizes, d, f"m{t + 1}")
         assert all(lo <= n <= hi for n in sizes.values()), (d, sizes)
+
+
+def test_observations_travel_as_json_between_router_and_autoscaler():
+    sent = MacroObservation("ignored", 3, 40, 1.5, 0.95, 2.0, 2)
+    back = MacroObservation.from_json("demo", 5, sent.to_json())
+    assert back == MacroObservation("demo", 5, 40, 1.5, 0.95, 2.0, 2)
+    assert MacroObservation.from_json("demo", 1, {}) == MacroObservation("demo", 1)
+    with pytest.raises(ValueError, match="ttft_mean"):
+        MacroObservation.from_json("demo", 1, {"ttft_mean": "slow"})
+
+
+def test_sibling_names_derive_from_the_group():
+    assert sibling_name("llama", {"llama"}) == "llama-2"
+    assert sibling_name("llama", {"llama", "llama-2", "llama-4"}) == "llama-3"
