@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from . import metrics
+from .autoscale import Autoscaler
 from .children import API_GROUP, OperatorSettings
 from .kube import Kube, Manifest, load_config
 from .labels import MACRO_INSTANCE, ROLE, Role
@@ -24,8 +25,18 @@ from .reconcile import Reconciler
 MACRO_INSTANCES = (API_GROUP, "v1alpha1", "macroinstances")
 RESYNC_SECONDS = float(os.environ.get("ECOSERVE_OPERATOR_RESYNC_SECONDS", "10"))
 
+AUTOSCALE_TICK_SECONDS = float(os.environ.get("ECOSERVE_OPERATOR_AUTOSCALE_TICK_SECONDS", "5"))
+# Where a MacroInstance's router answers ({name}, {namespace}); unset: its Service. Tests point it at stand-ins.
+ROUTER_URL = os.environ.get("ECOSERVE_OPERATOR_ROUTER_URL")
+
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
+
+
+def macro_lock(namespace: str, name: str) -> threading.Lock:
+    """One reconcile pass or scaling action at a time per MacroInstance."""
+    with _locks_guard:
+        return _locks[namespace, name]
 
 
 def _post_event(obj: Manifest, kind: str, reason: str, message: str) -> None:
@@ -42,7 +53,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # and kopf looks again only after this long (60 s by default): a pass takes well under a second.
     settings.background.cancellation_polling = 1.0
     load_config()
-    memo.reconciler = Reconciler(Kube(), _post_event, OperatorSettings.from_env())
+    kube = Kube()
+    memo.reconciler = Reconciler(kube, _post_event, OperatorSettings.from_env())
+    memo.autoscaler = Autoscaler(kube, _post_event, macro_lock)
+    if ROUTER_URL:
+        memo.autoscaler.router_url = lambda name, namespace: ROUTER_URL.format(name=name, namespace=namespace)
     if memo.get("metrics_port"):  # set by `ecoserve operator`
         start_http_server(memo.metrics_port)
 
@@ -56,9 +71,7 @@ def reconcile(
 ) -> None:
     """One pass; a spec the operator cannot serve is a permanent error, reported as a Warning event on `body`
     (given by the spec-change handlers only, so the periodic resync does not repeat it)."""
-    with _locks_guard:
-        lock = _locks[namespace, name]
-    with lock:
+    with macro_lock(namespace, name):
         try:
             status = memo.reconciler.reconcile(namespace, name)
         except (ValidationError, ValueError) as err:
@@ -87,6 +100,20 @@ def on_macro_instance(
 def resync(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
     """Drain deadlines pass and pods become ready without any spec change: look again periodically."""
     reconcile(memo, namespace, name, logger)
+
+
+@kopf.timer(*MACRO_INSTANCES, interval=AUTOSCALE_TICK_SECONDS, initial_delay=AUTOSCALE_TICK_SECONDS)
+def autoscale(memo: kopf.Memo, namespace: str, name: str, logger: logging.Logger, **_: Any) -> None:
+    """Mitosis scaling: each group's leader plans once per `spec.autoscaling.intervalSeconds` (see autoscale)."""
+    try:
+        decision = memo.autoscaler.tick(namespace, name)
+    except (ValidationError, ValueError):
+        return  # an invalid spec is reported by the spec handlers
+    except ApiException as err:
+        logger.warning(f"autoscaling step failed (retried next interval): API error {err.status}: {err.reason}")
+        return
+    if decision is not None:
+        logger.debug(f"autoscaling: {decision.action.value} ({decision.reason})")
 
 
 @kopf.on.event("v1", "pods", labels={ROLE: Role.WORKER.value, MACRO_INSTANCE: kopf.PRESENT})

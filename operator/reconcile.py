@@ -100,7 +100,8 @@ class Reconciler:
             pods = self.kube.list("v1", "Pod", namespace, member_selector(name))
             now = self.clock()
             status = macro_status(cr, pods, plan_pods(spec.instances, pods, now, frozenset()), now)
-            if _without_times(status) != _without_times(cr.get("status") or {}):
+            current = {k: v for k, v in (cr.get("status") or {}).items() if k in status}  # not lastScaling
+            if _without_times(status) != _without_times(current):
                 self.kube.patch(API_VERSION, KIND, namespace, name, {"status": status}, subresource="status")
         return status
 

@@ -42,7 +42,7 @@ class SchedulerSpec(_Spec):
 
 class AutoscalingSpec(_Spec):
     enabled: bool = False
-    interval_seconds: int = Field(30, ge=5)
+    interval_seconds: int = Field(30, ge=1)
     cooldown_seconds: int = Field(120, ge=0)
     max_total_instances: int | None = None
 

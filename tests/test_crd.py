@@ -36,7 +36,7 @@ def test_crd_is_well_formed():
     assert (scale["specReplicasPath"], scale["statusReplicasPath"]) == (".spec.instances", ".status.instances")
     assert scale["labelSelectorPath"] == ".status.selector"
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Group", "Model", "Instances", "Ready", "Phase", "Age"]
+    assert columns == ["Group", "Model", "Wanted", "Instances", "Ready", "Phase", "Scaling", "Age"]
     assert "mi" in spec["names"]["shortNames"]
 
 

@@ -99,7 +99,8 @@ def test_operator_rbac_covers_what_it_does_and_no_more():
         "metadata": {"name": "m", "namespace": "n", "uid": "u"},
         "spec": {"model": "llama-2-7b", "group": "g", "ingress": {"enabled": True}},
     }
-    needed = {("ecoserve.io", "macroinstances", v) for v in ("get", "list", "watch", "patch")}
+    # create and delete: the autoscaler's split makes a sibling MacroInstance, its merge deletes the emptied one
+    needed = {("ecoserve.io", "macroinstances", v) for v in ("get", "list", "watch", "patch", "create", "delete")}
     needed |= {("ecoserve.io", "macroinstances/status", "patch"), ("", "events", "create")}
     needed |= {("", "pods", v) for v in ("get", "list", "watch", "create", "patch", "delete")}
     for manifest in desired_children(cr, [cr]):  # apply(): get, then create or patch

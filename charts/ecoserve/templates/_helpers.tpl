@@ -23,7 +23,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "ecoserve.rules" -}}
 - apiGroups: [ecoserve.io]
   resources: [macroinstances]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, create, delete]  # create/delete: split and merge
 - apiGroups: [ecoserve.io]
   resources: [macroinstances/status]
   verbs: [get, patch]
