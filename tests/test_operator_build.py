@@ -19,6 +19,7 @@ from ecoserve.operator.children import (
 )
 from ecoserve.operator.labels import DRAINING, GROUP, INSTANCE_INDEX, MACRO_INSTANCE, ROLE
 from ecoserve.operator.plan import DRAIN_DEADLINE, plan_pods
+from ecoserve.operator.scaling import changed_by_hand, last_change, move_patch, movers
 from ecoserve.operator.spec import MacroInstanceSpec
 from ecoserve.operator.status import macro_status
 from ecoserve.router.discovery import matches, pod_urls
@@ -307,3 +308,33 @@ def test_operator_settings_from_env(monkeypatch):
     monkeypatch.setenv("ECOSERVE_WORKER_IMAGE", "reg/w:2")
     settings = OperatorSettings.from_env()
     assert settings.worker_image == "reg/w:2" and settings.control_image == OperatorSettings().control_image
+
+
+# --- mitosis: the pure parts of a split or merge -------------------------------------------------------------------
+
+
+def test_movers_are_the_highest_serving_indices_and_keep_running_under_a_new_owner():
+    def pod(index: int, draining: bool = False) -> dict:
+        labels = {INSTANCE_INDEX: str(index)} | ({DRAINING: "true"} if draining else {})
+        return {"metadata": {"name": f"p{index}", "labels": labels}}
+
+    pods = [pod(2), pod(0), pod(4, draining=True), pod(1), pod(3)]
+    assert [p["metadata"]["name"] for p in movers(pods, 2)] == ["p2", "p3"]  # the draining p4 stays to finish
+    assert movers(pods, 0) == []
+    patch = move_patch(cr("llama-2", uid="u2"), 1)
+    assert patch["metadata"]["labels"] == {MACRO_INSTANCE: "llama-2", INSTANCE_INDEX: "1"}
+    assert [(o["uid"], o["controller"]) for o in patch["metadata"]["ownerReferences"]] == [("u2", True)]
+
+
+def test_a_spec_written_by_someone_else_is_told_from_the_autoscalers_own():
+    fresh = cr()
+    fresh["metadata"]["generation"] = 1
+    assert not changed_by_hand(fresh)  # as created
+    edited = cr()  # generation 3, never touched by the autoscaler
+    assert changed_by_hand(edited)
+    edited["status"] = {"lastScaling": {"generation": 3, "time": "2026-11-21T10:00:00+00:00"}}
+    assert not changed_by_hand(edited)
+    other = cr("llama-2")
+    other["status"] = {"lastScaling": {"time": "not a time"}}
+    assert last_change([edited, other, cr()]).isoformat() == "2026-11-21T10:00:00+00:00"
+    assert last_change([cr()]) is None
