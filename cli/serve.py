@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import uvicorn
@@ -83,19 +84,33 @@ def cost_model(args: argparse.Namespace) -> CostModel:
 
 
 def add_discovery_flags(p: argparse.ArgumentParser, static_flag: str, what: str) -> None:
-    """Where the upstreams come from: a fixed `static_flag` URL list, or pods found by label selector."""
+    """Where the upstreams come from: a fixed `static_flag` URL list, a file of URLs followed as it changes
+    (`static_flag`-file), or pods found by label selector."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument(static_flag, help=f"comma-separated {what} URLs, e.g. http://127.0.0.1:8100,...")
+    source.add_argument(
+        f"{static_flag}-file",
+        type=Path,
+        metavar="FILE",
+        help=f"a file of {what} URLs (one per line or comma-separated), followed as it is rewritten",
+    )
     source.add_argument("--discover-selector", help=f"find the {what}s as ready pods with these labels (in a cluster)")
     p.add_argument("--discover-namespace", default="default", help="namespace of the pods (default: default)")
     p.add_argument("--discover-port", type=positive_int, default=8000, help="port of the pods (default 8000)")
 
 
 def url_source(args: argparse.Namespace, static_flag: str, command: str) -> UrlSource:
-    from ecoserve.router.discovery import kube_pods, static_urls
+    from ecoserve.router.discovery import file_urls, kube_pods, static_urls
 
     if args.discover_selector:
         return kube_pods(args.discover_namespace, args.discover_selector, args.discover_port)
+    file_flag = f"{static_flag}-file"
+    path = getattr(args, file_flag.removeprefix("--").replace("-", "_"))
+    if path is not None:
+        try:
+            return file_urls(path)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"ecoserve {command}: {file_flag}: {err}") from None
     urls = [u.strip() for u in getattr(args, static_flag.removeprefix("--")).split(",") if u.strip()]
     if not urls:
         raise SystemExit(f"ecoserve {command}: {static_flag}: give at least one URL")

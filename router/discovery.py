@@ -1,7 +1,8 @@
-"""Where the routers' workers and the gateways' routers come from: a fixed list (local mode) or the pods a label
-selector picks through the Kubernetes API, followed as they come, go, turn ready or start draining.
+"""Where the routers' workers and the gateways' routers come from: a fixed list (local mode), a file a local
+supervisor rewrites as it scales (`ecoserve up --autoscale`), or the pods a label selector picks through the
+Kubernetes API, followed as they come, go, turn ready or start draining.
 
-Both are a `UrlSource`: an async iterator of URL sets, each the complete current set. The Kubernetes one lists,
+Each is a `UrlSource`: an async iterator of URL sets, each the complete current set. The Kubernetes one lists,
 then blocks on a watch until anything changes (or a resync period passes) and lists again, in a daemon thread
 so that the official client's blocking calls neither stall the event loop nor hold up shutdown."""
 
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ecoserve.operator.plan import is_ready
@@ -30,6 +33,49 @@ def static_urls(urls: list[str]) -> UrlSource:
         yield urls
 
     return once
+
+
+def read_url_file(path: Path) -> list[str]:
+    """The URLs in a file, one per line or comma-separated (blank entries ignored)."""
+    return [u.strip() for u in path.read_text().replace("\n", ",").split(",") if u.strip()]
+
+
+def write_url_file(path: Path, urls: Sequence[str]) -> None:
+    """Replace the file at once (temporary file + rename), so a reader sees the old list or the new one, never
+    a half-written one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(f"{url}\n" for url in urls))
+    os.replace(temporary, path)
+
+
+def _first_urls(path: Path) -> list[str]:
+    urls = read_url_file(path)
+    if not urls:
+        raise ValueError(f"no URLs in {path}")
+    return urls
+
+
+def file_urls(path: Path, poll_interval: float = 0.5) -> UrlSource:
+    """The URLs listed in `path`, then the new list whenever the file's list changes (read every
+    `poll_interval` seconds). A missing or empty file is an error at once, so that a typo fails the command
+    rather than a background task; later, a file that cannot be read keeps the last set."""
+    _first_urls(path)
+
+    async def follow() -> AsyncIterator[list[str]]:
+        last = _first_urls(path)
+        yield last
+        while True:
+            await asyncio.sleep(poll_interval)
+            try:
+                urls = read_url_file(path)
+            except OSError as err:
+                log.warning("cannot read %s, keeping the last %d URLs: %s", path, len(last), err)
+                continue
+            if urls != last:
+                last = urls
+                yield urls
+
+    return follow
 
 
 def matches(labels: dict[str, str], selector: str) -> bool:
