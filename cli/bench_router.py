@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .local import stop_all, wait_ready
 from .serve import positive_float, positive_int
-from .up import _stop_all, wait_ready
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ecoserve bench-router: {err}", file=sys.stderr)
         return 1
     finally:
-        _stop_all([proc])
+        stop_all([proc])
     print(format_table(results))
     if args.json is not None:
         payload = {name: r.to_json() for name, r in results.items()} | {"added_ttft_s": added_latency(results)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator, Sequence
 
 import httpx
+
+from ecoserve.cli.local import port_free
 
 CLI = [sys.executable, "-m", "ecoserve.cli"]
 
@@ -27,6 +30,15 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def free_port_range(span: int, low: int = 20000, high: int = 32000) -> int:
+    """The first of `span` consecutive ports that are all free now, below Linux's ephemeral range (32768 up), so
+    that no outgoing connection takes one between this check and a child binding it."""
+    for first in random.sample(range(low, high - span), 200):
+        if all(port_free(port) for port in range(first, first + span)):
+            return first
+    raise RuntimeError(f"no {span} free ports in a row between {low} and {high}")
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
