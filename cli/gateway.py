@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .serve import add_discovery_flags, positive_float, run_app, url_source
+from .serve import add_discovery_flags, add_shutdown_flag, positive_float, run_app, url_source
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_discovery_flags(p, "--routers", "router")
     p.add_argument("--poll-interval", type=positive_float, default=1.0, help="seconds between status polls")
     p.add_argument("--log-level", default="warning")
+    add_shutdown_flag(p)
     p.set_defaults(handler=_run)
 
 
@@ -25,4 +26,5 @@ def _run(args: argparse.Namespace) -> int:
     from ecoserve.router.gateway import create_gateway
 
     source = url_source(args, "--routers", "gateway")
-    return run_app(create_gateway(source, args.poll_interval), args.host, args.port, args.log_level)
+    app = create_gateway(source, args.poll_interval)
+    return run_app(app, args.host, args.port, args.log_level, args.shutdown_grace)

@@ -17,6 +17,7 @@ from ecoserve.brain.window import SloWindow
 from .serve import (
     add_cost_model_flags,
     add_discovery_flags,
+    add_shutdown_flag,
     cost_model,
     fraction,
     positive_float,
@@ -61,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_router_flags(p)
     add_cost_model_flags(p)
     p.add_argument("--log-level", default="warning")
+    add_shutdown_flag(p)
     p.set_defaults(handler=_run)
 
 
@@ -68,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     from ecoserve.router.app import create_app
 
     app = create_app(build_router(args), url_source(args, "--workers", "router"))
-    return run_app(app, args.host, args.port, args.log_level)
+    return run_app(app, args.host, args.port, args.log_level, args.shutdown_grace)
 
 
 def build_router(args: argparse.Namespace):

@@ -60,10 +60,21 @@ def fraction(text: str) -> float:
     return value
 
 
-def run_app(app: FastAPI, host: str, port: int, log_level: str) -> int:
-    """Serve until SIGINT/SIGTERM; uvicorn drains open connections on the way out."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+def run_app(app: FastAPI, host: str, port: int, log_level: str, grace: float = 5.0) -> int:
+    """Serve until SIGINT/SIGTERM; on the way out uvicorn stops accepting and lets open requests (streams
+    included) finish for up to `grace` seconds."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=grace)
     return 0
+
+
+def add_shutdown_flag(p: argparse.ArgumentParser) -> None:
+    """A router or gateway that goes (a merged macro instance's, a rollout) lets its streams finish first."""
+    p.add_argument(
+        "--shutdown-grace",
+        type=non_negative_float,
+        default=5.0,
+        help="seconds open requests may take to finish after SIGTERM (default 5; the operator passes 120)",
+    )
 
 
 def add_cost_model_flags(p: argparse.ArgumentParser) -> None:

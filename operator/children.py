@@ -20,6 +20,9 @@ API_GROUP = "ecoserve.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "MacroInstance"
 PORT = 8000
+# A router or gateway that goes (a merged macro instance's, a rollout) stops taking requests at once but lets the
+# streams it carries finish for this long (a long generation takes minutes at worst).
+SHUTDOWN_GRACE = 120
 DISCOVERY_ACCOUNT = "ecoserve-discovery"
 NON_ROOT_UID = 10001
 
@@ -179,6 +182,7 @@ def router_args(spec: MacroInstanceSpec, mi: str, namespace: str) -> list[str]:
         "router",
         "--host", "0.0.0.0",
         "--port", str(PORT),
+        "--shutdown-grace", str(SHUTDOWN_GRACE),
         "--discover-namespace", namespace,
         "--discover-selector", worker_selector(mi),
         "--discover-port", str(PORT),
@@ -230,6 +234,7 @@ def _deployment(
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": DISCOVERY_ACCOUNT,
+                    "terminationGracePeriodSeconds": SHUTDOWN_GRACE + 10,
                     "containers": [container],
                     "securityContext": {"runAsNonRoot": True, "runAsUser": NON_ROOT_UID},
                 },
@@ -274,7 +279,7 @@ def gateway_children(
     labels = _labels(spec, Role.GATEWAY, None)
     owners = [owner_reference(cr, controller=False) for cr in sorted(group_crs, key=lambda c: c["metadata"]["name"])]
     router_pods = f"{GROUP}={spec.group},{ROLE}={Role.ROUTER.value}"
-    args = ["gateway", "--host", "0.0.0.0", "--port", str(PORT)]
+    args = ["gateway", "--host", "0.0.0.0", "--port", str(PORT), "--shutdown-grace", str(SHUTDOWN_GRACE)]
     args += ["--discover-namespace", namespace, "--discover-selector", router_pods, "--discover-port", str(PORT)]
     name = gateway_name(spec.group)
     children = [

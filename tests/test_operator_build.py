@@ -338,3 +338,17 @@ def test_a_spec_written_by_someone_else_is_told_from_the_autoscalers_own():
     other["status"] = {"lastScaling": {"time": "not a time"}}
     assert last_change([edited, other, cr()]).isoformat() == "2026-11-21T10:00:00+00:00"
     assert last_change([cr()]) is None
+
+
+def test_control_containers_args_parse_with_the_real_cli_and_outlive_their_streams():
+    """The router and gateway the operator runs are started with flags `ecoserve` accepts; when one goes (a
+    merged macro instance's router), its streams get SHUTDOWN_GRACE seconds and the pod a little more."""
+    from ecoserve.cli.main import build_parser
+    from ecoserve.operator.children import SHUTDOWN_GRACE
+
+    parser = build_parser()
+    children = by_kind(desired_children(cr(), [cr()]))
+    for name in ("llama-router", "llama-gateway"):
+        pod = children["Deployment", name]["spec"]["template"]["spec"]
+        args = parser.parse_args(pod["containers"][0]["args"])
+        assert args.shutdown_grace == SHUTDOWN_GRACE < pod["terminationGracePeriodSeconds"]
