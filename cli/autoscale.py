@@ -300,8 +300,8 @@ class Supervisor:
             status = await self._status(macro.router.url)
             try:
                 observations.append(MacroObservation.from_json(macro.name, len(macro.workers), status["planner"]))
-            except (TypeError, KeyError, ValueError) as err:
-                print(f"ecoserve up: no status from {macro.name}'s router ({err!r}); round skipped", file=sys.stderr)
+            except (TypeError, KeyError, ValueError):  # no answer (None), or not the figures a router reports
+                print(f"ecoserve up: no status from {macro.router} of {macro.name}; round skipped", file=sys.stderr)
                 return None
         return observations
 
@@ -325,7 +325,6 @@ class Supervisor:
 
     async def _shrink(self, macro: Macro) -> str:
         """Take the least busy worker out of the router's file, let it finish what it runs, then stop it."""
-
         loads = {}
         for w in macro.workers:
             info = await probe_worker(self.client, w.url)

@@ -1,18 +1,21 @@
 """`ecoserve up --autoscale` end to end: the real supervisor, gateway, routers and simulated workers on 127.0.0.1,
 driven by `ecoserve bench`'s load generator with a load that rises past what one macro instance can serve and
 then falls. The group must grow, split (moving a running worker, not restarting it), then shrink and merge, and
-every request must succeed throughout."""
+every request must succeed throughout. Slow workers and long requests then show that a shrink and a merge stop a
+worker or router only once its requests are done, and that stopping the supervisor stops every child."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,52 +125,94 @@ def until(condition, timeout: float = 10.0) -> bool:
     return True
 
 
-def test_autoscale_grows_splits_merges_and_fails_no_request():
-    port = free_port_range(20)
-    gateway = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([*CLI, "up", "--autoscale", "--port", str(port), *FLAGS], stdout=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def autoscaling(flags: list[str], ports: int) -> Iterator[tuple[str, Output]]:
+    """`ecoserve up --autoscale` with `flags`, once its gateway is ready: its URL and the output; it must exit 0
+    when stopped by SIGTERM at the end."""
+    port = free_port_range(ports)
+    proc = subprocess.Popen([*CLI, "up", "--autoscale", "--port", str(port), *flags], stdout=subprocess.PIPE, text=True)
     out = Output(proc)
     try:
-        wait_http(f"{gateway}/ready", proc, timeout=60)
-        (first_router,) = [r["url"] for r in httpx.get(f"{gateway}/ecoserve/status", timeout=5).json()["routers"]]
-        with cf.ThreadPoolExecutor(1) as pool:
-            bench_start = time.monotonic()
-            bench = pool.submit(asyncio.run, run_load(gateway, WORKLOAD, timeout=60))
-            split = out.wait_for("split", 0, timeout=60)
-            # Checked at once (the cooldown holds the group still for a few seconds): the moved worker is served by
-            # the new router, no longer by the old one, and is the very process started before the split.
-            m = SPLIT.search(split.line)
-            assert m is not None, split.line
-            moved = dict(WORKER.findall(m["moved"]))
-            assert len(moved) == 1 and routed(m["router"]) >= set(moved)
-            assert until(lambda: not routed(first_router) & set(moved))
-            started = out.pids(before=split.index)
-            for url, pid in moved.items():
-                assert started[url] == int(pid)
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                assert cmdline[cmdline.index(b"--port") + 1].decode() == url.rsplit(":", 1)[1]
-            results = bench.result(timeout=120)
-        merge = out.wait_for("merge", out.steps().index(split), timeout=40)
+        wait_http(f"http://127.0.0.1:{port}/ready", proc, timeout=60)
+        yield f"http://127.0.0.1:{port}", out
     finally:
         stop([proc])
     assert proc.returncode == 0
+    for pid in out.pids().values():  # every child stopped with the supervisor
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_autoscale_grows_splits_merges_and_fails_no_request():
+    with autoscaling(FLAGS, 20) as (gateway, out), cf.ThreadPoolExecutor(1) as pool:
+        (first_router,) = [r["url"] for r in httpx.get(f"{gateway}/ecoserve/status", timeout=5).json()["routers"]]
+        bench_start = time.monotonic()
+        bench = pool.submit(asyncio.run, run_load(gateway, WORKLOAD, timeout=60))
+        split = out.wait_for("split", 0, timeout=60)
+        # Checked at once (the cooldown holds the group still for a few seconds): the moved worker is served by
+        # the new router, no longer by the old one, and is the very process started before the split.
+        m = SPLIT.search(split.line)
+        assert m is not None, split.line
+        moved = dict(WORKER.findall(m["moved"]))
+        assert len(moved) == 1 and routed(m["router"]) >= set(moved)
+        assert until(lambda: not routed(first_router) & set(moved))
+        started = out.pids(before=split.index)
+        for url, pid in moved.items():
+            assert started[url] == int(pid)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert cmdline[cmdline.index(b"--port") + 1].decode() == url.rsplit(":", 1)[1]
+        results = bench.result(timeout=120)
+        merge = out.wait_for("merge", out.steps().index(split), timeout=40)
 
     steps = out.steps()
     before_split = steps[: steps.index(split)]
     assert [s.action for s in before_split].count("grow") >= 2  # 1 -> 2 -> 3 = N_u, then the split
     assert split.sizes == {"local": 2, "local-2": 2}
     assert len(merge.sizes) == len(steps[steps.index(merge) - 1].sizes) - 1
-    assert any(s.action in ("shrink", "merge") for s in steps[steps.index(split) + 1 :])
-
     failed = [(r.outcome, r.error) for r in results if r.outcome != "ok"]
     assert not failed, failed
     assert len(results) == len(WORKLOAD)
     assert in_flight_during(results, bench_start, split) > 0  # the split happened under load
-    for pid in out.pids().values():  # every child stopped with the supervisor
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
     for step in steps:  # shown with -s
         print(f"{step.end - bench_start:5.1f} s, {in_flight_during(results, bench_start, step)} in flight: {step.line}")
+
+
+# Steps of 0.1 s (16x the modelled H100's) and room for one 126-token request per worker: a request of 110 tokens
+# decodes for 11 s, more than the 5 s a stopping server gives its open streams, so stopping a worker or a router
+# that still serves one would cut it.
+SLOW = ["--time-scale", "16", "--kv-blocks", "8", "--scale-interval", "1", "--window", "2", "--tpot", "1"]
+LONG = WorkloadRequest(0.0, 16, 110)
+
+
+def test_a_shrink_stops_its_worker_only_once_its_request_is_done():
+    flags = ["--instances", "2", "--min-instances", "1", "--max-instances", "2", *SLOW]
+    with autoscaling(flags, 10) as (gateway, out):
+        sent = time.monotonic()
+        # Idle, the group shrinks after three rounds; by then each worker decodes one of these.
+        results = asyncio.run(run_load(gateway, [LONG, LONG], timeout=60))
+        shrink = out.wait_for("shrink", 0, timeout=30)
+    assert not [(r.outcome, r.error) for r in results if r.outcome != "ok"]
+    first_done = sent + min(r.end for r in results)
+    assert shrink.end - shrink.took < first_done < shrink.end
+
+
+def test_a_merge_stops_the_old_router_only_once_its_request_is_done():
+    """N_u = 1: a burst splits off a one-worker sibling; then each router serves a long request when the group,
+    idle otherwise, merges."""
+    flags = ["--instances", "1", "--min-instances", "1", "--max-instances", "1", "--max-total-instances", "2"]
+    with autoscaling([*flags, "--cooldown", "3", "--ttft", "0.5", *SLOW], 12) as (gateway, out):
+        (first_router,) = [r["url"] for r in httpx.get(f"{gateway}/ecoserve/status", timeout=5).json()["routers"]]
+        burst = asyncio.run(run_load(gateway, [WorkloadRequest(0.0, 16, 16)] * 8, timeout=60))
+        split = out.wait_for("split", 0, timeout=30)
+        m = SPLIT.search(split.line)
+        assert m is not None and m["moved"] == "no worker", split.line
+        sent = time.monotonic()
+        with cf.ThreadPoolExecutor(2) as pool:
+            old, new = pool.map(lambda url: asyncio.run(run_load(url, [LONG], timeout=60)), [first_router, m["router"]])
+        merge = out.wait_for("merge", out.steps().index(split), timeout=30)
+    assert "merge local into local-2" in merge.line
+    assert not [(r.outcome, r.error) for r in burst + old + new if r.outcome != "ok"]
+    assert merge.end - merge.took < sent + old[0].end < merge.end
 
 
 @pytest.mark.parametrize("end", ["ctrl-c", "a worker dies"])
