@@ -341,7 +341,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _log: dict[kmock.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(
         factory=lambda: collections.defaultdict(list), init=False
     )
-    _cond: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
+    # Set, then replaced, on every change: watchers wait on the one they saw. (An asyncio.Condition's lock could be
+    # left broken by a watcher cancelled while re-acquiring it after a timeout, and then every write hung.)
+    _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _crds: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict, init=False)  # resource -> CRD
     _scale: dict[kmock.resource, tuple[str, str | None, str | None]] = attrs.field(factory=dict, init=False)
@@ -755,8 +757,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # The asynchronous API: HTTP handlers and tests' helpers both come here.
 
     async def _notify(self) -> None:
-        async with self._cond:
-            self._cond.notify_all()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def _locked(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with self._lock:
@@ -1033,18 +1035,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
             for event in initial:
                 yield event
             while not self._closing:
+                changed = self._changed  # taken before looking at the log: a change after this sets it
                 while position < len(log):
                     _, event = log[position]
                     position += 1
                     if matches(event["object"]):
                         yield event
-                async with self._cond:
-                    if position >= len(log) and not self._closing:
-                        remaining = WATCH_IDLE_CHECK if deadline is None else deadline - time.monotonic()
-                        if remaining <= 0:
-                            return
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._cond.wait(), min(remaining, WATCH_IDLE_CHECK))
+                if not self._closing:
+                    remaining = WATCH_IDLE_CHECK if deadline is None else deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), min(remaining, WATCH_IDLE_CHECK))
                 yield _IDLE
         finally:
             self._watches[key] -= 1

@@ -64,8 +64,10 @@ def routers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Routers]:
     stand_in.server.shutdown()
 
 
-def autoscaled(name: str = "demo", instances: int = 2, cooldown: int = 0, **spec) -> dict:
-    autoscaling = {"enabled": True, "intervalSeconds": 1, "cooldownSeconds": cooldown}
+def autoscaled(name: str = "demo", instances: int = 2, **spec) -> dict:
+    """Autoscaled, planning every second; the long cooldown lets a test see exactly one step (the first step
+    needs none: no step came before it)."""
+    autoscaling = {"enabled": True, "intervalSeconds": 1, "cooldownSeconds": 3600}
     body = {"instances": instances, "minInstances": 1, "maxInstances": 4, "autoscaling": autoscaling} | spec
     return macro(name, **body)
 
@@ -164,7 +166,7 @@ def test_two_macro_instances_that_fit_in_one_merge(kube, operator, routers):
 def test_cooldown_holds_the_next_step(kube, operator, routers):
     routers.figures["demo"] = HOT
     with operator() as runner:
-        kube.create(*MACROINSTANCES, autoscaled(instances=1, cooldown=3600), NS)
+        kube.create(*MACROINSTANCES, autoscaled(instances=1), NS)
         kube.wait_for(lambda: wanted(kube) == 2, TIMEOUT, runner=runner)
         reads = routers.reads["demo"]
         kube.wait_for(lambda: routers.reads["demo"] >= reads + 3, TIMEOUT, runner=runner)  # three more rounds
@@ -175,7 +177,7 @@ def test_autoscaling_disabled_leaves_sizing_to_the_user(kube, operator, routers)
     routers.figures |= {"manual": HOT, "auto": HOT}
     with operator() as runner:
         kube.create(*MACROINSTANCES, macro("manual", group="manual", instances=2), NS)
-        kube.create(*MACROINSTANCES, autoscaled("auto", instances=1, group="auto", cooldown=3600), NS)
+        kube.create(*MACROINSTANCES, autoscaled("auto", instances=1, group="auto"), NS)
         kube.wait_for(lambda: wanted(kube, "auto") == 2, TIMEOUT, runner=runner)  # the autoscaler is running
         kube.wait_for(lambda: routers.reads["auto"] >= 3, TIMEOUT, runner=runner)
     assert wanted(kube, "manual") == 2 and routers.reads["manual"] == 0 and not last_scaling(kube, "manual")
@@ -184,7 +186,7 @@ def test_autoscaling_disabled_leaves_sizing_to_the_user(kube, operator, routers)
 def test_a_manual_scale_is_recorded_and_not_fought_during_the_cooldown(kube, operator, routers):
     routers.figures["demo"] = STEADY
     with operator() as runner:
-        kube.create(*MACROINSTANCES, autoscaled(instances=2, cooldown=3600), NS)
+        kube.create(*MACROINSTANCES, autoscaled(instances=2), NS)
         kube.wait_for(lambda: routers.reads["demo"] >= 1, TIMEOUT, runner=runner)
         # kubectl scale mi demo --replicas 1, through the scale subresource; then load arrives.
         kube.patch(*MACROINSTANCES, "demo", {"spec": {"replicas": 1}}, NS, subresource="scale")
