@@ -181,7 +181,8 @@ class Autoscaler:
         sizes = apply_to_sizes({o.name: o.size for o in observations}, d, new_name)
         figures = ", ".join(f"{k}={v:g}" for k, v in d.figures)
         touched: list[Manifest] = []
-        with self._locks(namespace, [n for n in (d.target, d.source, new_name) if n]):
+        sibling_lock = new_name if d.action is Action.SPLIT else None
+        with self._locks(namespace, [n for n in (d.target, d.source, sibling_lock) if n]):
             match d.action:
                 case Action.GROW | Action.SHRINK:
                     assert d.target is not None
