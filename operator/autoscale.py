@@ -42,7 +42,7 @@ from . import metrics
 from .children import API_VERSION, KIND, read_spec, router_endpoint
 from .kube import Kube, Manifest
 from .labels import member_selector
-from .plan import utcnow
+from .plan import is_draining, is_terminating, utcnow
 from .reconcile import EventFn
 from .scaling import changed_by_hand, last_change, move_patch, movers, scaling_record, serving_pods, sibling
 from .spec import MacroInstanceSpec
@@ -95,9 +95,12 @@ class Autoscaler:
         """Called often for every MacroInstance; plans only for a group's leader, once per interval. Returns
         the decision taken (None when it was not this resource's turn or a router could not be read)."""
         cr = self.kube.get(API_VERSION, KIND, namespace, name)
-        if cr is None or cr["metadata"].get("deletionTimestamp") or not read_spec(cr).autoscaling.enabled:
+        if cr is None or cr["metadata"].get("deletionTimestamp"):
             return None
-        group_name = read_spec(cr).group
+        spec = read_spec(cr)
+        if not spec.autoscaling.enabled:
+            return None
+        group_name = spec.group
         group = self._autoscaled_group(namespace, group_name)
         if not group or group[0]["metadata"]["name"] != name:
             return None
@@ -126,10 +129,11 @@ class Autoscaler:
 
     def _plan(self, namespace: str, group: list[Manifest]) -> ScalingDecision | None:
         now = self.clock()
-        for cr in group:
-            if changed_by_hand(cr):
-                self._record_manual(cr, now)
-        group = self._autoscaled_group(namespace, read_spec(group[0]).group)
+        manual = [cr for cr in group if changed_by_hand(cr)]
+        for cr in manual:
+            self._record_manual(cr, now)
+        if manual:  # read the records back: the cooldown runs from them
+            group = self._autoscaled_group(namespace, read_spec(group[0]).group)
         leader = read_spec(group[0])
         key = (namespace, leader.group)
         settings = mitosis_settings(leader)
@@ -234,7 +238,7 @@ class Autoscaler:
         pods = self.kube.list("v1", "Pod", namespace, member_selector(source["metadata"]["name"]))
         # Serving pods join after the target's own; draining ones after those, so they finish draining there.
         moving = serving_pods(pods)
-        draining = [p for p in pods if p not in moving and not p["metadata"].get("deletionTimestamp")]
+        draining = [p for p in pods if is_draining(p) and not is_terminating(p)]
         self._move([*moving, *draining], target, int(target["spec"]["instances"]))
         merged = self._set_instances(target, instances)
         self.kube.delete(API_VERSION, KIND, namespace, source["metadata"]["name"])

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from . import metrics
 from .autoscale import Autoscaler
-from .children import API_GROUP, OperatorSettings
+from .children import API_GROUP, OperatorSettings, router_endpoint
 from .kube import Kube, Manifest, load_config
 from .labels import MACRO_INSTANCE, ROLE, Role
 from .reconcile import Reconciler
@@ -31,6 +31,10 @@ ROUTER_URL = os.environ.get("ECOSERVE_OPERATOR_ROUTER_URL")
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
+
+
+def _router_url(name: str, namespace: str) -> str:
+    return ROUTER_URL.format(name=name, namespace=namespace) if ROUTER_URL else router_endpoint(name, namespace)
 
 
 def macro_lock(namespace: str, name: str) -> threading.Lock:
@@ -55,9 +59,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     load_config()
     kube = Kube()
     memo.reconciler = Reconciler(kube, _post_event, OperatorSettings.from_env())
-    memo.autoscaler = Autoscaler(kube, _post_event, macro_lock)
-    if ROUTER_URL:
-        memo.autoscaler.router_url = lambda name, namespace: ROUTER_URL.format(name=name, namespace=namespace)
+    memo.autoscaler = Autoscaler(kube, _post_event, macro_lock, _router_url)
     if memo.get("metrics_port"):  # set by `ecoserve operator`
         start_http_server(memo.metrics_port)
 
