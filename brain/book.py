@@ -26,6 +26,7 @@ class MacroBook:
 
     def new_request(self, request_id: str, prompt_len: int, max_tokens: int | None, now: float) -> Request:
         predicted = self.predictor.predict(prompt_len, max_tokens)
+        self.window.record_arrival(now)
         return Request(request_id, prompt_len, now, max_tokens=max_tokens, predicted_output=predicted)
 
     def _track(self, decisions: list[RoutingDecision], now: float) -> list[RoutingDecision]:
@@ -113,12 +114,21 @@ class MacroBook:
         return sorted(r.saved_tpot(tpot, now) for i in self.state.instances for r in i.decoding())
 
     def observe(self, name: str, now: float) -> MacroObservation:
-        """The mitosis planner's input: the SLO window (rejections included) and the median saved TPOT of the
-        decodes right now."""
+        """The mitosis planner's input: the SLO window (arrivals and rejections included) and the median saved
+        TPOT of the decodes right now; `size` and `serving` are the instances routed to (a caller that also
+        counts starting instances replaces `size`)."""
         stats = self.window.stats(now)
         saved = self.saved_tpots(now)
         median = saved[len(saved) // 2] if saved else None
         size = len(self.state.instances)
         return MacroObservation(
-            name, size, stats.requests, stats.ttft_mean, stats.ttft_attainment, median, stats.rejected
+            name,
+            size,
+            stats.requests,
+            stats.ttft_mean,
+            stats.ttft_attainment,
+            median,
+            stats.rejected,
+            stats.arrived,
+            size,
         )

@@ -1,17 +1,26 @@
 """The mitosis planner: grow, shrink, split and merge the macro instances of a group, one step at a time.
 
-Grow by one instance when TTFT suffers (EcoServe's Eq. 1: mean TTFT above the TTFT SLO; we also count
-attainment below target and rejected requests); shrink by one when every macro instance keeps more saved TPOT
-than it needs for a sustained window (Eq. 2: saved TPOT above S_TTFT·(n+1)/n). Sizes stay within
-[N_l, N_u]: growing a full macro instance splits it in two, and shrinking when all are at N_l merges two.
-Hysteresis (consecutive windows) and a cooldown are ours; the paper has none. The planner decides; the
-operator (or the simulator) carries the decision out.
+Grow when TTFT suffers (EcoServe's Eq. 1: mean TTFT above the TTFT SLO; we also count attainment below
+target and rejected requests); shrink by one when every macro instance keeps more saved TPOT than it needs
+for a sustained window (Eq. 2: saved TPOT above S_TTFT·(n+1)/n). Sizes stay within [N_l, N_u]: growing a
+full macro instance splits it in two, and shrinking when all are at N_l merges two. Hysteresis (consecutive
+windows) and a cooldown are ours; the paper has none. The planner decides; the operator (or the simulator)
+carries the decision out.
+
+Sizing (ours; `Sizing.ONE_AT_A_TIME` is the paper's rule): the paper adds one instance per step, which cannot
+follow a load step — each step waits out a planning interval and a model load while the queue grows. With
+`Sizing.CAPACITY` the planner learns what one serving instance finishes per window from windows where demand
+outran it (arrivals above completions), grows by as many instances as the arrivals need at a target
+utilisation (at most `max_grow_step`, none while instances already starting cover them, like Kubernetes' HPA
+counts pods that are not ready yet), and shrinks only when the instances left could carry the arrivals, so a
+shrink is not undone by the next grow.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from .state import SLO
@@ -27,7 +36,12 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MacroObservation:
-    """What one macro instance's router saw over the last window."""
+    """What one macro instance's router saw over the last window.
+
+    `size` is the instances the macro instance has (wanted, starting ones included); `serving` those its router
+    routed to; `requests` the requests that finished in the window and `arrived` those that arrived in it
+    (rejected ones included). None where a router does not report it.
+    """
 
     name: str
     size: int
@@ -36,6 +50,12 @@ class MacroObservation:
     ttft_attainment: float | None = None
     saved_tpot: float | None = None
     rejected: int = 0
+    arrived: int | None = None
+    serving: int | None = None
+
+    @property
+    def serving_instances(self) -> int:
+        return self.size if self.serving is None else self.serving
 
     def to_json(self) -> dict[str, float | int | None]:
         """The figures a router reports (its name and size are the caller's: a CR's, or a local group's)."""
@@ -45,6 +65,8 @@ class MacroObservation:
             "ttft_attainment": self.ttft_attainment,
             "saved_tpot": self.saved_tpot,
             "rejected": self.rejected,
+            "arrived": self.arrived,
+            "serving": self.serving,
         }
 
     @classmethod
@@ -59,6 +81,10 @@ class MacroObservation:
                 raise ValueError(f"{key} must be a number, got {value!r}")
             return float(value)
 
+        def count(key: str) -> int | None:
+            value = number(key)
+            return None if value is None else int(value)
+
         return cls(
             name,
             size,
@@ -67,7 +93,16 @@ class MacroObservation:
             number("ttft_attainment"),
             number("saved_tpot"),
             int(number("rejected") or 0),
+            count("arrived"),
+            count("serving"),
         )
+
+
+class Sizing(StrEnum):
+    """How many instances a grow adds: the paper's one at a time, or as many as the learned capacity needs."""
+
+    ONE_AT_A_TIME = "one-at-a-time"
+    CAPACITY = "capacity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +115,9 @@ class MitosisSettings:
     grow_windows: int = 1
     shrink_windows: int = 3
     attainment_margin: float = 0.02
+    sizing: Sizing = Sizing.CAPACITY
+    max_grow_step: int = 4  # most instances one grow adds (Sizing.CAPACITY)
+    target_utilization: float = 0.85  # of the learned capacity, when sizing a grow or checking a shrink
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_instances <= self.max_instances:
@@ -93,15 +131,24 @@ class MitosisSettings:
             )
         if self.grow_windows < 1 or self.shrink_windows < 1 or self.cooldown < 0:
             raise ValueError("grow_windows and shrink_windows must be >= 1 and cooldown >= 0")
+        if self.max_grow_step < 1 or not 0 < self.target_utilization <= 1:
+            raise ValueError(
+                f"need maxGrowStep >= 1 and 0 < target utilization <= 1, got {self.max_grow_step} and "
+                f"{self.target_utilization}"
+            )
+
+    def paper(self) -> MitosisSettings:
+        """The same settings with the paper's sizing: one instance per grow, shrinks unchecked."""
+        return replace(self, sizing=Sizing.ONE_AT_A_TIME)
 
 
 @dataclass(frozen=True, slots=True)
 class ScalingDecision:
     """One step of mitosis.
 
-    GROW/SHRINK: `target` gains/loses one instance. SPLIT: `target` (full) gives `move` of its instances to a
-    new sibling, which also gets one new instance. MERGE: `source` gives all its instances to `target` and
-    disappears, and `remove` of them are released (1 when the merge is how the group shrinks).
+    GROW: `target` gains `add` new instances; SHRINK: it loses one. SPLIT: `target` (full) gives `move` of its
+    instances to a new sibling, which also gets `add` new instances. MERGE: `source` gives all its instances to
+    `target` and disappears, and `remove` of them are released (1 when the merge is how the group shrinks).
     """
 
     action: Action
@@ -111,6 +158,7 @@ class ScalingDecision:
     move: int = 0
     remove: int = 0
     figures: tuple[tuple[str, float], ...] = ()
+    add: int = 0
 
 
 def _grow_signal(m: MacroObservation, slo: SLO) -> bool:
@@ -132,12 +180,14 @@ def _shrink_signal(m: MacroObservation, s: MitosisSettings) -> bool:
 
 
 class MitosisPlanner:
-    """Decides one scaling step per call; remembers only how many windows in a row signalled."""
+    """Decides one scaling step per call; remembers how many windows in a row signalled and, for
+    `Sizing.CAPACITY`, what one serving instance finishes per window."""
 
     def __init__(self, settings: MitosisSettings) -> None:
         self.settings = settings
         self.grow_streak = 0
         self.shrink_streak = 0
+        self.capacity: float | None = None  # requests one serving instance finishes per window
 
     def plan(self, group: Sequence[MacroObservation], now: float, last_change: float | None = None) -> ScalingDecision:
         s = self.settings
@@ -147,6 +197,7 @@ class MitosisPlanner:
         shrinking = not growing and all(_shrink_signal(m, s) for m in group)
         self.grow_streak = self.grow_streak + 1 if growing else 0
         self.shrink_streak = self.shrink_streak + 1 if shrinking else 0
+        self._learn_capacity(group, growing)
         if last_change is not None and now - last_change < s.cooldown:
             return ScalingDecision(Action.NONE, "cooldown")
 
@@ -158,12 +209,33 @@ class MitosisPlanner:
             return self._shrink(group)
         return self._neutral_merge(group)
 
+    def _learn_capacity(self, group: Sequence[MacroObservation], growing: Sequence[MacroObservation]) -> None:
+        """Completions per serving instance in windows where arrivals outran them are what an instance can
+        do; any healthy window's completions are a floor under that."""
+        hot = {m.name for m in growing}
+        measured = [m for m in group if m.arrived is not None and m.serving_instances > 0 and m.requests > 0]
+        saturated = [m for m in measured if m.name in hot and (m.arrived or 0) > _SATURATED * m.requests]
+        if saturated:
+            self.capacity = sum(m.requests for m in saturated) / sum(m.serving_instances for m in saturated)
+        elif self.capacity is not None and measured and not growing:
+            floor = sum(m.requests for m in measured) / sum(m.serving_instances for m in measured)
+            self.capacity = max(self.capacity, floor)
+
+    def _needed(self, group: Sequence[MacroObservation]) -> int | None:
+        """Instances the group's arrivals need at the target utilisation of the learned capacity; None when
+        the planner sizes one at a time or cannot tell."""
+        s = self.settings
+        if s.sizing is Sizing.ONE_AT_A_TIME or not self.capacity or any(m.arrived is None for m in group):
+            return None
+        arrived = sum(m.arrived or 0 for m in group)
+        return math.ceil(arrived / (self.capacity * s.target_utilization))
+
     def _restore_bounds(self, group: Sequence[MacroObservation]) -> ScalingDecision | None:
         """A macro instance outside [N_l, N_u] (set by hand, or half-built) is moved back by one step."""
         s = self.settings
         for m in group:
             if m.size < s.min_instances:
-                return ScalingDecision(Action.GROW, "below_min_instances", target=m.name)
+                return ScalingDecision(Action.GROW, "below_min_instances", target=m.name, add=1)
             if m.size > s.max_instances:
                 return ScalingDecision(Action.SHRINK, "above_max_instances", target=m.name)
         return None
@@ -174,19 +246,36 @@ class MitosisPlanner:
         total = sum(m.size for m in group)
         if s.max_total_instances is not None and total >= s.max_total_instances:
             return ScalingDecision(Action.NONE, "at_max_total_instances", figures=figures)
+        add = 1
+        if (needed := self._needed(group)) is not None:
+            figures += (("capacity", float(self.capacity or 0)), ("needed", float(needed)))
+            starting = total - sum(m.serving_instances for m in group)
+            add = min(max(needed - total, 0 if starting > 0 else 1), s.max_grow_step)
+            if add == 0:
+                return ScalingDecision(Action.NONE, "starting_instances_suffice", figures=figures)
+        if s.max_total_instances is not None:
+            add = min(add, s.max_total_instances - total)
         self.grow_streak = 0
         partial = [m for m in group if m.size < s.max_instances]
         if partial:
             # Fill the partly filled macro instance closest to full first.
             target = max(partial, key=lambda m: (m.size, m is trigger, m.name))
-            return ScalingDecision(Action.GROW, "ttft", target=target.name, figures=figures)
+            add = min(add, s.max_instances - target.size)
+            return ScalingDecision(Action.GROW, "ttft", target=target.name, figures=figures, add=add)
         move = (trigger.size + 1) // 2 - 1
-        return ScalingDecision(Action.SPLIT, "ttft_at_max_instances", target=trigger.name, move=move, figures=figures)
+        add = min(add, s.max_instances - move)
+        return ScalingDecision(
+            Action.SPLIT, "ttft_at_max_instances", target=trigger.name, move=move, figures=figures, add=add
+        )
 
     def _shrink(self, group: Sequence[MacroObservation]) -> ScalingDecision:
         s = self.settings
-        self.shrink_streak = 0
         figures = _figures(min(group, key=lambda m: m.size))
+        needed = self._needed(group)
+        if needed is not None and needed > sum(m.size for m in group) - 1:
+            figures += (("capacity", float(self.capacity or 0)), ("needed", float(needed)))
+            return ScalingDecision(Action.NONE, "capacity_needed", figures=figures)
+        self.shrink_streak = 0
         above = [m for m in group if m.size > s.min_instances]
         if above:
             target = min(above, key=lambda m: (m.size, m.name))
@@ -212,6 +301,10 @@ class MitosisPlanner:
         return ScalingDecision(Action.NONE, "steady")
 
 
+# Arrivals this much above completions in a window mean demand outran what the serving instances could do.
+_SATURATED = 1.05
+
+
 def _figures(m: MacroObservation) -> tuple[tuple[str, float], ...]:
     values = {
         "size": m.size,
@@ -220,6 +313,7 @@ def _figures(m: MacroObservation) -> tuple[tuple[str, float], ...]:
         "ttft_attainment": m.ttft_attainment,
         "saved_tpot": m.saved_tpot,
         "rejected": m.rejected,
+        "arrived": m.arrived,
     }
     return tuple((k, float(v)) for k, v in values.items() if v is not None)
 
@@ -237,12 +331,12 @@ def apply_to_sizes(sizes: Mapping[str, int], decision: ScalingDecision, new_name
     out = dict(sizes)
     match decision.action:
         case Action.GROW:
-            out[decision.target] += 1
+            out[decision.target] += decision.add
         case Action.SHRINK:
             out[decision.target] -= 1
         case Action.SPLIT:
             out[decision.target] -= decision.move
-            out[new_name] = decision.move + 1
+            out[new_name] = decision.move + decision.add
         case Action.MERGE:
             out[decision.target] += out.pop(decision.source) - decision.remove
     return out

@@ -33,6 +33,7 @@ class WindowStats:
     slo_attainment: float | None
     goodput: float  # requests per second that met both SLOs
     rejected: int = 0  # requests turned away for want of capacity (not counted in `requests`)
+    arrived: int = 0  # requests that arrived (rejected ones included): with `requests`, demand against throughput
 
 
 class SloWindow:
@@ -45,6 +46,7 @@ class SloWindow:
         self.seconds = seconds
         self._outcomes: deque[Outcome] = deque()
         self._rejections: deque[float] = deque()
+        self._arrivals: deque[float] = deque()
 
     def record(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
@@ -52,16 +54,20 @@ class SloWindow:
     def record_rejection(self, now: float) -> None:
         self._rejections.append(now)
 
+    def record_arrival(self, now: float) -> None:
+        self._arrivals.append(now)
+
     def stats(self, now: float) -> WindowStats:
         start = now - self.seconds
         while self._outcomes and self._outcomes[0].end < start:
             self._outcomes.popleft()
-        while self._rejections and self._rejections[0] < start:
-            self._rejections.popleft()
+        for times in (self._rejections, self._arrivals):
+            while times and times[0] < start:
+                times.popleft()
         outcomes = list(self._outcomes)
-        rejected = len(self._rejections)
+        rejected, arrived = len(self._rejections), len(self._arrivals)
         if not outcomes:
-            return WindowStats(0, None, None, None, 0.0, rejected)
+            return WindowStats(0, None, None, None, 0.0, rejected, arrived)
         ttfts = [o.ttft for o in outcomes if o.ttft is not None]
         met = sum(o.meets(self.slo) for o in outcomes)
         ttft_ok = sum(1 for o in outcomes if not o.failed and o.ttft is not None and o.ttft <= self.slo.ttft)
@@ -72,4 +78,5 @@ class SloWindow:
             slo_attainment=met / len(outcomes),
             goodput=met / self.seconds,
             rejected=rejected,
+            arrived=arrived,
         )

@@ -30,6 +30,7 @@ from ecoserve.brain.mitosis import (
     MitosisPlanner,
     MitosisSettings,
     ScalingDecision,
+    Sizing,
     sibling_name,
 )
 from ecoserve.brain.state import SLO
@@ -58,6 +59,8 @@ FLAGS: dict[str, tuple[Callable[[str], Any], Any, str]] = {
     "--max-total-instances": (positive_int, None, "most workers in all"),
     "--scale-interval": (positive_float, 10, "seconds between planner rounds"),
     "--cooldown": (non_negative_float, 30, "seconds after a scaling step before the next"),
+    "--sizing": (Sizing, Sizing.CAPACITY, "instances per grow: capacity (as many as needed) or one-at-a-time"),
+    "--max-grow-step": (positive_int, 4, "most workers one grow starts (--sizing capacity)"),
     "--drain-timeout": (positive_float, 60, "seconds a leaving worker or router may take to finish its requests"),
 }
 
@@ -95,6 +98,8 @@ def mitosis_settings(args: argparse.Namespace) -> MitosisSettings | None:
             args.max_instances,
             args.max_total_instances,
             args.cooldown,
+            sizing=args.sizing,
+            max_grow_step=args.max_grow_step,
         )
     except ValueError as err:
         raise SystemExit(f"ecoserve up: --min-instances/--max-instances: {err}") from None
@@ -308,20 +313,20 @@ class Supervisor:
     async def _carry_out(self, d: ScalingDecision) -> str:
         match d.action:
             case Action.GROW:
-                return await self._grow(self.macros[d.target])
+                return await self._grow(self.macros[d.target], d.add)
             case Action.SHRINK:
                 return await self._shrink(self.macros[d.target])
             case Action.SPLIT:
-                return await self._split(self.macros[d.target], d.move)
+                return await self._split(self.macros[d.target], d.move, d.add)
             case Action.MERGE:
                 return await self._merge(self.macros[d.source], self.macros[d.target], d.remove)
         raise AssertionError(d.action)
 
-    async def _grow(self, macro: Macro) -> str:
-        (worker,) = await self._start_workers(1)
-        macro.workers.append(worker)
+    async def _grow(self, macro: Macro, add: int) -> str:
+        workers = await self._start_workers(add)
+        macro.workers += workers
         self._write(macro)
-        return f"started worker {worker}"
+        return f"started {_plural(add, 'worker')} {', '.join(map(str, workers))}"
 
     async def _shrink(self, macro: Macro) -> str:
         """Take the least busy worker out of the router's file, let it finish what it runs, then stop it."""
@@ -340,17 +345,18 @@ class Supervisor:
         info = await probe_worker(self.client, worker.url)
         return info is not None and info.requests == 0
 
-    async def _split(self, source: Macro, move: int) -> str:
-        """The last `move` workers of `source` and a new one become a sibling macro instance."""
+    async def _split(self, source: Macro, move: int, add: int) -> str:
+        """The last `move` workers of `source` and `add` new ones become a sibling macro instance."""
         keep = len(source.workers) - move
         movers = source.workers[keep:]
-        (new,) = await self._start_workers(1)
-        sibling = await self._new_macro(sibling_name(self.args.group, self.macros), [*movers, new])
+        new = await self._start_workers(add)
+        sibling = await self._new_macro(sibling_name(self.args.group, self.macros), [*movers, *new])
         source.workers = source.workers[:keep]
         self._write(source)
         self._write_gateway()
         moved = ", ".join(map(str, movers)) or "no worker"
-        return f"moved {moved} to {sibling.name} (router {sibling.router}), started worker {new}"
+        started = ", ".join(map(str, new))
+        return f"moved {moved} to {sibling.name} (router {sibling.router}), started {_plural(add, 'worker')} {started}"
 
     async def _merge(self, source: Macro, target: Macro, remove: int) -> str:
         """`source`'s workers join `target`; its router leaves the gateway, finishes what it holds and stops."""
@@ -382,3 +388,7 @@ class Supervisor:
             f"{f' ({figures})' if figures else ''}; {done}; took {seconds:.1f} s; sizes {sizes}",
             flush=True,
         )
+
+
+def _plural(n: int, noun: str) -> str:
+    return noun if n == 1 else f"{n} {noun}s"

@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ecoserve.bench.workload import ARRIVALS, DATASETS, WorkloadError, WorkloadSpec, build_workload
 from ecoserve.brain.hardware import gpu_preset, interconnect_preset, model_preset
+from ecoserve.brain.mitosis import MitosisSettings, Sizing
 from ecoserve.brain.state import SLO
 
 from .serve import fraction, number, positive_float, positive_int, preset
@@ -65,9 +67,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dyn.add_argument("--startup-delay", type=number(float, 0, inclusive=True), default=30.0)
     dyn.add_argument("--cooldown", type=number(float, 0, inclusive=True), default=30.0)
     dyn.add_argument("--planner-interval", type=positive_float, default=30.0)
+    dyn.add_argument(
+        "--sizing",
+        default=Sizing.CAPACITY.value,
+        help="how many instances a grow adds: capacity (as many as the learned capacity needs, ours) or "
+        "one-at-a-time (the paper's); a comma-separated list runs each and compares them",
+    )
+    dyn.add_argument("--max-grow-step", type=positive_int, default=4, help="most instances one grow adds (capacity)")
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, metavar="FILE")
-    out.add_argument("--png", type=Path, metavar="FILE", help="attainment vs rate per strategy (search mode)")
+    out.add_argument(
+        "--png",
+        type=Path,
+        metavar="FILE",
+        help="attainment vs rate per strategy; with --ramp, attainment and instances over time per sizing",
+    )
     p.set_defaults(handler=_run)
 
 
@@ -221,8 +235,7 @@ def _study(args, strategies, deployment, base, header) -> int:
 
 
 def _ramp(args: argparse.Namespace, deployment, default_dataset: str) -> int:
-    from ecoserve.brain.mitosis import MitosisSettings
-    from ecoserve.sim.dynamic import run_ramp
+    from ecoserve.sim.dynamic import format_comparison, run_ramp
     from ecoserve.sim.ecoserve import MitosisRun
     from ecoserve.sim.plot import plot_ramp
 
@@ -236,26 +249,43 @@ def _ramp(args: argparse.Namespace, deployment, default_dataset: str) -> int:
             args.max_instances,
             args.max_total_instances,
             cooldown=args.cooldown,
+            max_grow_step=args.max_grow_step,
         )
     except ValueError as err:
         return _fail(f"--ramp/--min-instances/--max-instances: {err}")
+    try:
+        sizings = [Sizing(name.strip()) for name in args.sizing.split(",") if name.strip()]
+    except ValueError:
+        return _fail(f"--sizing: give {' or '.join(s.value for s in Sizing)} (or both, comma-separated)")
     source = {"trace": args.trace} if args.trace else {"dataset": args.dataset or default_dataset}
     try:
         lengths = build_workload(WorkloadSpec(**source, arrival="poisson", rate=1.0, max_requests=5000, seed=args.seed))
     except (WorkloadError, OSError) as err:
         return _fail(f"--trace/--dataset: {err}")
-    run = MitosisRun(settings, interval=args.planner_interval, startup_delay=args.startup_delay, window=args.window)
     title = (
         f"{deployment.model.name} on {deployment.gpu.name} TP={deployment.tp}: ramp {args.ramp} req/s, "
         f"{args.step_seconds:g} s steps, N_l={args.min_instances}, N_u={args.max_instances}"
     )
     print(title, file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    report = run_ramp(deployment, run, rates, args.step_seconds, lengths, args.window, args.seed)
-    print(report.format_table())
-    print(f"simulated in {time.perf_counter() - started:.1f} s")
+    runs = []
+    for sizing in sizings:
+        started = time.perf_counter()
+        print(f"sizing {sizing.value}:", flush=True)
+        run = MitosisRun(
+            replace(settings, sizing=sizing),
+            interval=args.planner_interval,
+            startup_delay=args.startup_delay,
+            window=args.window,
+        )
+        report = run_ramp(deployment, run, rates, args.step_seconds, lengths, args.window, args.seed)
+        print(report.format_table())
+        print(f"simulated in {time.perf_counter() - started:.1f} s\n", flush=True)
+        runs.append((sizing.value, report))
+    if len(runs) > 1:
+        print(format_comparison(runs))
     if args.json:
-        args.json.write_text(json.dumps({"setup": title} | report.to_json(), indent=2))
+        body = {"setup": title, "runs": [{"sizing": name} | report.to_json() for name, report in runs]}
+        args.json.write_text(json.dumps(body, indent=2))
     if args.png:
-        plot_ramp(report, deployment.slo.attainment, title, args.png)
+        plot_ramp(runs, deployment.slo.attainment, title, args.png)
     return 0

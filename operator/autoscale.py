@@ -70,6 +70,8 @@ def mitosis_settings(spec: MacroInstanceSpec) -> MitosisSettings:
         spec.max_instances,
         spec.autoscaling.max_total_instances,
         cooldown=float(spec.autoscaling.cooldown_seconds),
+        sizing=spec.autoscaling.sizing,
+        max_grow_step=spec.autoscaling.max_grow_step,
     )
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from ecoserve.brain.hardware import MODELS
+from ecoserve.brain.mitosis import Sizing
 
 
 class _Spec(BaseModel):
@@ -45,6 +46,8 @@ class AutoscalingSpec(_Spec):
     interval_seconds: int = Field(30, ge=1)
     cooldown_seconds: int = Field(120, ge=0)
     max_total_instances: int | None = None
+    sizing: Sizing = Sizing.CAPACITY
+    max_grow_step: int = Field(4, ge=1, le=64)
 
 
 class RouterSpec(_Spec):

@@ -303,6 +303,7 @@ class Router:
                 "slo_attainment": stats.slo_attainment,
                 "goodput": stats.goodput,
                 "rejected": stats.rejected,
+                "arrived": stats.arrived,
             },
             "saved_tpot": {
                 "decoding": len(saved),

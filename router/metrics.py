@@ -50,6 +50,11 @@ class RouterMetrics:
         self.window_rejected = Gauge(
             "ecoserve_router_window_rejected", "Requests turned away (queue full) in the window.", registry=r
         )
+        self.window_arrived = Gauge(
+            "ecoserve_router_window_arrived",
+            "Requests that arrived in the window (rejected ones included): demand, against window_requests.",
+            registry=r,
+        )
         self.ttft_mean = Gauge(
             "ecoserve_router_ttft_mean_seconds", "Mean TTFT in the window (compare with the TTFT SLO).", registry=r
         )
@@ -82,6 +87,7 @@ class RouterMetrics:
         observed = router.book.observe("", now)
         self.window_requests.set(observed.requests)
         self.window_rejected.set(observed.rejected)
+        self.window_arrived.set(observed.arrived or 0)
         self.ttft_mean.set(observed.ttft_mean or 0.0)
         self.saved_tpot.set(observed.saved_tpot or 0.0)
         self.decoding.set(len(router.book.saved_tpots(now)))

@@ -2,7 +2,8 @@
 
 Reports, per window of arrival time, the offered rate, the SLO attainment of the requests that arrived in
 it, and the instances serving at its end, plus every scaling step (grow, shrink, split, merge) with the
-group's sizes after it.
+group's sizes after it, and the run's totals: attainment over every request and instance-seconds (the GPU
+cost), so that two planner settings compare side by side.
 """
 
 from __future__ import annotations
@@ -52,11 +53,19 @@ class RampReport:
     events: tuple[ScalingEvent, ...]
     requests: int
     failed: int  # rejected, or never finished
+    met: int  # requests that met both SLOs
+    instance_seconds: float  # instances serving, sampled at each window's end, times the window
+
+    @property
+    def attainment(self) -> float:
+        return self.met / self.requests if self.requests else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "failed": self.failed,
+            "attainment": self.attainment,
+            "instance_seconds": self.instance_seconds,
             "windows": [
                 {
                     "start_s": w.start,
@@ -75,6 +84,7 @@ class RampReport:
                     "target": e.decision.target,
                     "source": e.decision.source,
                     "reason": e.decision.reason,
+                    "add": e.decision.add,
                     "sizes": dict(e.sizes),
                 }
                 for e in self.events
@@ -91,12 +101,27 @@ class RampReport:
         for e in self.events:
             d = e.decision
             what = d.action.value + (f" {d.source} into" if d.source else "") + f" {d.target}"
+            what += f" +{d.add}" if d.add else ""
             serving = " ".join(f"{n}:{s}" for n, s in e.sizes)
             lines.append(f"  {e.time:>7.0f}s {what} ({d.reason}); serving then {serving}")
         splits = sum(e.decision.action.value == "split" for e in self.events)
         merges = sum(e.decision.action.value == "merge" for e in self.events)
         lines.append(f"{self.requests} requests, {self.failed} failed; {splits} splits, {merges} merges")
+        lines.append(f"attainment {self.attainment:.1%} over every request; {self.instance_seconds:,.0f} instance-s")
         return "\n".join(lines)
+
+
+def format_comparison(runs: Sequence[tuple[str, RampReport]]) -> str:
+    """One line per run: what each setting bought (attainment) and what it cost (instance-seconds)."""
+    lines = [f"{'run':<16}{'attainment':>11}{'met':>8}{'failed':>8}{'instance-s':>12}{'steps':>7}  worst window"]
+    for name, r in runs:
+        worst = min((w.attainment for w in r.windows if w.attainment is not None), default=None)
+        worst_text = "-" if worst is None else f"{worst:.1%}"
+        lines.append(
+            f"{name:<16}{r.attainment:>11.1%}{r.met:>8}{r.failed:>8}{r.instance_seconds:>12,.0f}"
+            f"{len(r.events):>7}  {worst_text}"
+        )
+    return "\n".join(lines)
 
 
 def run_ramp(
@@ -128,7 +153,9 @@ def run_ramp(
         rate = rates[min(int(start // step_seconds), len(rates) - 1)]
         rows.append(WindowRow(start, rate, len(arrived), attainment, instances, sizes))
     failed = sum(1 for r in records if _failed(r))
-    return RampReport(tuple(rows), tuple(cluster.events), len(records), failed)
+    met = sum(meets(r, deployment.slo) for r in records)
+    instance_seconds = sum(row.instances for row in rows) * window
+    return RampReport(tuple(rows), tuple(cluster.events), len(records), failed, met, instance_seconds)
 
 
 def _failed(record: RequestRecord) -> bool:

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ecoserve.bench.workload import WorkloadRequest
 from ecoserve.brain.book import MacroBook
 from ecoserve.brain.engine import StepResult
 from ecoserve.brain.macro import MacroScheduler, MacroSchedulerSettings, Outcome, RoutingDecision
-from ecoserve.brain.mitosis import Action, MitosisPlanner, MitosisSettings, ScalingDecision, sibling_name
+from ecoserve.brain.mitosis import (
+    Action,
+    MacroObservation,
+    MitosisPlanner,
+    MitosisSettings,
+    ScalingDecision,
+    sibling_name,
+)
 from ecoserve.brain.predictor import QuantilePredictor
 from ecoserve.brain.state import InstanceState, Request
 from ecoserve.brain.temporal import TemporalPolicy
@@ -52,6 +59,7 @@ class Macro:
     name: str
     book: MacroBook
     members: dict[str, SimInstance] = field(default_factory=dict)
+    starting: set[str] = field(default_factory=set)  # instances loading their model to join this one
 
 
 class EcoServeCluster(Cluster):
@@ -97,13 +105,14 @@ class EcoServeCluster(Cluster):
         if delay <= 0:
             self._join(inst, macro)
         else:
-            self.loop.at(self.loop.now + delay, self._join_later, (inst, macro))
+            self.macros[macro].starting.add(inst.id)
+            self.loop.at(self.loop.now + delay, self._join_later, inst)
 
-    def _join_later(self, arg: tuple[SimInstance, str]) -> None:
-        inst, macro = arg
-        if macro not in self.macros:  # merged away while the instance was starting
-            macro = min(self.macros, key=lambda m: len(self.macros[m].members))
-        self._join(inst, macro)
+    def _join_later(self, inst: SimInstance) -> None:
+        # The macro instance it was started for, or the one that merged it in meanwhile.
+        macro = next(m for m in self.macros.values() if inst.id in m.starting)
+        macro.starting.discard(inst.id)
+        self._join(inst, macro.name)
 
     def _join(self, inst: SimInstance, macro: str) -> None:
         self.instances[inst.id] = inst
@@ -170,7 +179,7 @@ class EcoServeCluster(Cluster):
     def _plan(self, _: object = None) -> None:
         assert self.planner is not None and self.mitosis is not None
         now = self.loop.now
-        observations = [m.book.observe(m.name, now) for m in self.macros.values()]
+        observations = [self._observe(m, now) for m in self.macros.values()]
         observations = [o for o in observations if o.size > 0]
         decision = self.planner.plan(observations, now, self._last_change)
         if decision.action is not Action.NONE:
@@ -181,11 +190,18 @@ class EcoServeCluster(Cluster):
         if self._pending > 0 or self._owner:
             self.loop.at(now + self.mitosis.interval, self._plan)
 
+    def _observe(self, macro: Macro, now: float) -> MacroObservation:
+        """The router's figures, sized as the operator sizes a MacroInstance: the instances it wants, starting
+        ones included and draining ones not."""
+        wanted = sum(1 for i in macro.members if i not in self.draining) + len(macro.starting)
+        return replace(macro.book.observe(macro.name, now), size=wanted)
+
     def _carry_out_scaling(self, d: ScalingDecision) -> None:
         delay = self.mitosis.startup_delay if self.mitosis else 0.0
         match d.action:
             case Action.GROW:
-                self._start_instance(d.target, delay)  # type: ignore[arg-type]
+                for _ in range(d.add):
+                    self._start_instance(d.target, delay)  # type: ignore[arg-type]
             case Action.SHRINK:
                 self._drain(d.target, 1)  # type: ignore[arg-type]
             case Action.SPLIT:
@@ -193,13 +209,15 @@ class EcoServeCluster(Cluster):
                 movers = sorted(self.macros[d.target].members)[-d.move :] if d.move else []  # type: ignore[index]
                 for iid in movers:
                     self._move(iid, sibling.name)
-                self._start_instance(sibling.name, delay)
+                for _ in range(d.add):
+                    self._start_instance(sibling.name, delay)
             case Action.MERGE:
                 source = self.macros[d.source]  # type: ignore[index]
                 for iid in list(source.members):
                     self._move(iid, d.target)  # type: ignore[arg-type]
                 del self.macros[d.source]  # type: ignore[arg-type]
                 target = self.macros[d.target]  # type: ignore[index]
+                target.starting |= source.starting
                 while source.book.state.held:
                     request = source.book.state.held.popleft()
                     self._owner[request.id] = (target.book, request)

@@ -165,8 +165,13 @@ def test_full_queue_answers_429_with_retry_after():
         # The mitosis planner's inputs: the rejection counts in the window, as JSON and on /metrics.
         status = httpx.get(f"{mi['url']}/ecoserve/status", timeout=5).json()
         assert status["planner"]["rejected"] == 1 and status["window"]["rejected"] == 1
-        assert set(status["planner"]) == {"requests", "ttft_mean", "ttft_attainment", "saved_tpot", "rejected"}
+        assert set(status["planner"]) == {
+            *("requests", "ttft_mean", "ttft_attainment", "saved_tpot", "rejected", "arrived", "serving")
+        }
+        # Both requests arrived (the rejected one too), on the one instance the router serves with.
+        assert (status["planner"]["arrived"], status["window"]["arrived"], status["planner"]["serving"]) == (2, 2, 1)
         assert _metric(mi["url"], "ecoserve_router_window_rejected") == 1
+        assert _metric(mi["url"], "ecoserve_router_window_arrived") == 2
 
 
 def test_worker_killed_mid_stream_gives_an_explicit_error_and_others_take_over():

@@ -11,6 +11,7 @@ from ecoserve.brain.mitosis import (
     MacroObservation,
     MitosisPlanner,
     MitosisSettings,
+    Sizing,
     apply_to_sizes,
     sibling_name,
 )
@@ -34,6 +35,12 @@ def cold(name: str, size: int) -> MacroObservation:
 
 def ok(name: str, size: int) -> MacroObservation:
     return MacroObservation(name, size, requests=100, ttft_mean=2.0, ttft_attainment=0.95, saved_tpot=5.5)
+
+
+def surge(name: str, size: int, arrived: int = 400, serving: int | None = None) -> MacroObservation:
+    """Overloaded: `arrived` requests came in while the serving instances finished 10 each."""
+    serving = size if serving is None else serving
+    return MacroObservation(name, size, 10 * serving, 9.0, 0.3, 0.1, 0, arrived, serving)
 
 
 def test_grow_when_mean_ttft_exceeds_the_slo_filling_the_fullest_partial_macro_instance():
@@ -132,14 +139,16 @@ def test_settings_refuse_bounds_that_cannot_split():
 @settings(max_examples=200, deadline=None)
 @given(
     bounds=st.integers(1, 6).flatmap(lambda lo: st.tuples(st.just(lo), st.integers(2 * lo - 1, 2 * lo + 8))),
-    rounds=st.lists(st.lists(st.sampled_from(["hot", "cold", "ok", "idle"]), min_size=1, max_size=6), max_size=25),
+    rounds=st.lists(
+        st.lists(st.sampled_from(["hot", "cold", "ok", "surge", "idle"]), min_size=1, max_size=6), max_size=25
+    ),
 )
 def test_sizes_stay_within_bounds(bounds, rounds):
     lo, hi = bounds
     hi = max(hi, lo)
     p = MitosisPlanner(MitosisSettings(slo=SLO5, min_instances=lo, max_instances=hi, cooldown=0, shrink_windows=1))
     sizes = {"m0": lo}
-    make = {"hot": hot, "cold": cold, "ok": ok, "idle": lambda n, s: MacroObservation(n, s)}
+    make = {"hot": hot, "cold": cold, "ok": ok, "surge": surge, "idle": lambda n, s: MacroObservation(n, s)}
     for t, kinds in enumerate(rounds):
         names = sorted(sizes)
         group = [make[kinds[k % len(kinds)]](name, sizes[name]) for k, name in enumerate(names)]
@@ -149,9 +158,9 @@ def test_sizes_stay_within_bounds(bounds, rounds):
 
 
 def test_observations_travel_as_json_between_router_and_autoscaler():
-    sent = MacroObservation("ignored", 3, 40, 1.5, 0.95, 2.0, 2)
+    sent = MacroObservation("ignored", 3, 40, 1.5, 0.95, 2.0, 2, 45, 3)
     back = MacroObservation.from_json("demo", 5, sent.to_json())
-    assert back == MacroObservation("demo", 5, 40, 1.5, 0.95, 2.0, 2)
+    assert back == MacroObservation("demo", 5, 40, 1.5, 0.95, 2.0, 2, 45, 3)
     assert MacroObservation.from_json("demo", 1, {}) == MacroObservation("demo", 1)
     with pytest.raises(ValueError, match="ttft_mean"):
         MacroObservation.from_json("demo", 1, {"ttft_mean": "slow"})
@@ -160,3 +169,69 @@ def test_observations_travel_as_json_between_router_and_autoscaler():
 def test_sibling_names_derive_from_the_group():
     assert sibling_name("llama", {"llama"}) == "llama-2"
     assert sibling_name("llama", {"llama", "llama-2", "llama-4"}) == "llama-3"
+
+
+def test_capacity_sizing_grows_by_what_the_arrivals_need():
+    # 6 serving instances finished 60 requests while 120 arrived: 10 per instance per window, and 120 arrivals
+    # need ceil(120 / (10 * 0.85)) = 15 instances; one grow adds at most max_grow_step of the 9 missing.
+    d = planner(max_grow_step=4).plan([surge("g", 6, arrived=120)], now=0.0)
+    assert (d.action, d.target, d.add) == (Action.GROW, "g", 4)
+    assert dict(d.figures)["capacity"] == 10.0 and dict(d.figures)["needed"] == 15
+    assert apply_to_sizes({"g": 6}, d, "unused") == {"g": 10}
+    d = planner(max_grow_step=10).plan([surge("g", 6, arrived=70)], now=0.0)  # needs ceil(70 / 8.5) = 9
+    assert d.add == 3
+
+
+def test_the_papers_sizing_grows_one_at_a_time():
+    d = planner(sizing=Sizing.ONE_AT_A_TIME).plan([surge("g", 6, arrived=120)], now=0.0)
+    assert (d.action, d.add) == (Action.GROW, 1)
+
+
+def test_a_grow_fills_only_the_room_left_below_max_instances():
+    d = planner().plan([surge("g", 9, arrived=400)], now=0.0)
+    assert (d.action, d.add) == (Action.GROW, 2)
+
+
+def test_a_split_gives_the_sibling_new_instances_up_to_what_is_needed():
+    d = planner(max_grow_step=8).plan([surge("g", 11, arrived=400)], now=0.0)
+    assert (d.action, d.move, d.add) == (Action.SPLIT, 5, 6)  # the sibling: 5 moved + 6 new = N_u
+    assert apply_to_sizes({"g": 11}, d, "g-2") == {"g": 6, "g-2": 11}
+
+
+def test_instances_still_starting_count_toward_what_is_needed():
+    # 10 wanted, 6 serving (4 loading their model): 70 arrivals need 9, so wait for the 4 rather than grow.
+    d = planner().plan([surge("g", 10, arrived=70, serving=6)], now=0.0)
+    assert (d.action, d.reason) == (Action.NONE, "starting_instances_suffice")
+    # With nothing starting a TTFT miss still adds one instance, whatever the estimate says.
+    d = planner().plan([surge("g", 9, arrived=70, serving=9)], now=0.0)
+    assert (d.action, d.add) == (Action.GROW, 1)
+
+
+def test_no_estimate_without_arrival_counts_or_an_overloaded_window():
+    assert planner().plan([hot("g", 6)], now=0.0).add == 1  # a router that does not report arrivals
+    steady = MacroObservation("g", 6, 100, 7.0, 0.6, 0.5, 0, 100, 6)  # slow, but arrivals == completions
+    p = planner()
+    assert p.plan([steady], now=0.0).add == 1 and p.capacity is None
+
+
+def test_shrink_waits_while_the_instances_left_could_not_carry_the_arrivals():
+    p = planner(shrink_windows=1)
+    p.plan([surge("g", 8, arrived=120)], now=0.0)  # learns 10 requests per instance per window
+    relaxed = MacroObservation("g", 8, 60, 0.5, 1.0, 30.0, 0, 60, 8)  # 60 arrivals need ceil(60 / 8.5) = 8
+    d = p.plan([relaxed], now=1.0)
+    assert (d.action, d.reason) == (Action.NONE, "capacity_needed")
+    quieter = MacroObservation("g", 8, 50, 0.5, 1.0, 30.0, 0, 50, 8)  # 50 need 6
+    assert p.plan([quieter], now=2.0).action is Action.SHRINK
+    assert planner(shrink_windows=1, sizing=Sizing.ONE_AT_A_TIME).plan([relaxed], now=0.0).action is Action.SHRINK
+
+
+def test_healthy_windows_raise_the_learned_capacity():
+    p = planner(shrink_windows=5)
+    p.plan([surge("g", 8, arrived=120)], now=0.0)
+    p.plan([MacroObservation("g", 8, 120, 1.0, 1.0, 3.0, 0, 120, 8)], now=1.0)  # 15 per instance, on target
+    assert p.capacity == 15.0
+
+
+def test_settings_refuse_a_grow_step_below_one():
+    with pytest.raises(ValueError, match="maxGrowStep"):
+        MitosisSettings(slo=SLO5, min_instances=1, max_instances=4, max_grow_step=0)

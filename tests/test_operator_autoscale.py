@@ -23,6 +23,8 @@ pytestmark = pytest.mark.k8s
 HOT = {"requests": 50, "ttft_mean": 9.0, "ttft_attainment": 0.4, "saved_tpot": 0.1, "rejected": 0}
 STEADY = {"requests": 50, "ttft_mean": 2.0, "ttft_attainment": 0.95, "saved_tpot": 3.0, "rejected": 0}
 IDLE = {"requests": 0, "ttft_mean": None, "ttft_attainment": None, "saved_tpot": None, "rejected": 0}
+# Overloaded: 2 serving instances finished 20 requests (10 each) while 80 arrived, which need ceil(80 / 8.5) = 10.
+SURGE = HOT | {"requests": 20, "arrived": 80, "serving": 2}
 
 
 class Routers:
@@ -98,6 +100,18 @@ def test_grow_when_ttft_misses_the_slo(kube, operator, routers):
     assert record["figures"]["ttft_mean"] == 9.0 and record["sizes"] == {"demo": 3}
     grow = [e for e in kube.events(NS, kind="MacroInstance", name="demo") if e["reason"] == "Grow"]
     assert grow and "grow demo to 3 instances" in grow[0]["message"] and "ttft_mean=9" in grow[0]["message"]
+
+
+def test_grow_by_what_the_arrivals_need_at_the_learned_capacity(kube, operator, routers):
+    routers.figures["demo"] = SURGE
+    with operator() as runner:
+        kube.create(*MACROINSTANCES, autoscaled(instances=2, maxInstances=8), NS)
+        kube.wait_for(lambda: wanted(kube) == 6, TIMEOUT, runner=runner)  # + maxGrowStep (4) of the 8 missing
+        routers.figures["demo"] = STEADY
+        kube.wait_for(lambda: len(workers(kube)) == 6, TIMEOUT, runner=runner)
+    record = last_scaling(kube)
+    assert (record["action"], record["instances"], record["sizes"]) == ("grow", 6, {"demo": 6})
+    assert (record["figures"]["capacity"], record["figures"]["needed"], record["figures"]["arrived"]) == (10, 10, 80)
 
 
 def test_shrink_after_sustained_idleness_drains_one_instance(kube, operator, routers):

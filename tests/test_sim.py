@@ -149,6 +149,7 @@ def test_cli_single_run_on_the_trace_reports_speed(tmp_path, capsys):
         (["--strategies", "nope"], "--strategies"),
         (["--attainment", "0.9", "--percentile", "90"], "--percentile"),
         (["--trace", "/nonexistent.csv"], "--trace"),
+        (["--ramp", "5,10", "--sizing", "bigger"], "--sizing"),
     ],
 )
 def test_cli_bad_flags_are_named(flags, named, capsys):
@@ -172,8 +173,9 @@ def test_dynamic_ramp_grows_splits_shrinks_and_merges_without_losing_a_request(t
     args = ["simulate", "--preset", "small-h100-7b", "--instances", "1", "--ramp", "10,60,60,5,5,5,5,5"]
     args += ["--step-seconds", "20", "--window", "10", "--min-instances", "1", "--max-instances", "2"]
     args += ["--max-total-instances", "4", "--startup-delay", "2", "--cooldown", "4", "--planner-interval", "4"]
-    assert main([*args, "--json", str(out), "--png", str(tmp_path / "ramp.png")]) == 0
-    report = json.loads(out.read_text())
+    assert main([*args, "--sizing", "one-at-a-time", "--json", str(out), "--png", str(tmp_path / "ramp.png")]) == 0
+    (report,) = json.loads(out.read_text())["runs"]
+    assert report["sizing"] == "one-at-a-time"
     actions = [s["action"] for s in report["scaling"]]
     assert {"grow", "split", "shrink", "merge"} <= set(actions)
     assert report["failed"] == 0 and report["requests"] > 2000
@@ -181,3 +183,18 @@ def test_dynamic_ramp_grows_splits_shrinks_and_merges_without_losing_a_request(t
         assert 1 <= window["instances"] <= 4
     assert (tmp_path / "ramp.png").stat().st_size > 0
     assert "1 splits, 1 merges" in capsys.readouterr().out
+
+
+def test_ramp_compares_the_planners_sizings_side_by_side(tmp_path, capsys):
+    out = tmp_path / "ramp.json"
+    args = ["simulate", "--preset", "small-h100-7b", "--instances", "1", "--ramp", "5,40,40", "--step-seconds", "20"]
+    args += ["--window", "10", "--min-instances", "1", "--max-instances", "8", "--max-total-instances", "8"]
+    args += ["--startup-delay", "2", "--cooldown", "4", "--planner-interval", "4"]
+    assert main([*args, "--sizing", "capacity,one-at-a-time", "--json", str(out)]) == 0
+    runs = {run["sizing"]: run for run in json.loads(out.read_text())["runs"]}
+    grows = {name: [s["add"] for s in run["scaling"] if s["action"] == "grow"] for name, run in runs.items()}
+    assert max(grows["capacity"]) >= 2 and set(grows["one-at-a-time"]) == {1}
+    assert runs["capacity"]["requests"] == runs["one-at-a-time"]["requests"] > 1000
+    table = capsys.readouterr().out.split("instance-s  steps")[-1]
+    for name, run in runs.items():
+        assert f"{run['attainment']:.1%}" in next(line for line in table.splitlines() if line.startswith(name))
