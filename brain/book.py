@@ -114,9 +114,9 @@ class MacroBook:
         return sorted(r.saved_tpot(tpot, now) for i in self.state.instances for r in i.decoding())
 
     def observe(self, name: str, now: float) -> MacroObservation:
-        """The mitosis planner's input: the SLO window (arrivals and rejections included) and the median saved
-        TPOT of the decodes right now; `size` and `serving` are the instances routed to (a caller that also
-        counts starting instances replaces `size`)."""
+        """The mitosis planner's input: the SLO window (arrivals and rejections included), the median saved
+        TPOT of the decodes and the requests held right now; `size` and `serving` are the instances routed to
+        (a caller that also counts starting instances replaces `size`)."""
         stats = self.window.stats(now)
         saved = self.saved_tpots(now)
         median = saved[len(saved) // 2] if saved else None
@@ -131,4 +131,5 @@ class MacroBook:
             stats.rejected,
             stats.arrived,
             size,
+            len(self.state.held),
         )

@@ -2,10 +2,10 @@
 
 Grow when TTFT suffers (EcoServe's Eq. 1: mean TTFT above the TTFT SLO; we also count attainment below
 target and rejected requests); shrink by one when every macro instance keeps more saved TPOT than it needs
-for a sustained window (Eq. 2: saved TPOT above S_TTFT·(n+1)/n). Sizes stay within [N_l, N_u]: growing a
-full macro instance splits it in two, and shrinking when all are at N_l merges two. Hysteresis (consecutive
-windows) and a cooldown are ours; the paper has none. The planner decides; the operator (or the simulator)
-carries the decision out.
+for a sustained window (Eq. 2: saved TPOT above S_TTFT·(n+1)/n; nothing decoding and nothing held counts as
+slack, ours). Sizes stay within [N_l, N_u]: growing a full macro instance splits it in two, and shrinking
+when all are at N_l merges two. Hysteresis (consecutive windows) and a cooldown are ours; the paper has none.
+The planner decides; the operator (or the simulator) carries the decision out.
 
 Sizing (ours; `Sizing.ONE_AT_A_TIME` is the paper's rule): the paper adds one instance per step, which cannot
 follow a load step — each step waits out a planning interval and a model load while the queue grows. With
@@ -40,7 +40,8 @@ class MacroObservation:
 
     `size` is the instances the macro instance has (wanted, starting ones included); `serving` those its router
     routed to; `requests` the requests that finished in the window and `arrived` those that arrived in it
-    (rejected ones included). None where a router does not report it.
+    (rejected ones included); `queued` the requests its router holds because no instance could take them. None
+    where a router does not report it.
     """
 
     name: str
@@ -52,6 +53,7 @@ class MacroObservation:
     rejected: int = 0
     arrived: int | None = None
     serving: int | None = None
+    queued: int | None = None
 
     @property
     def serving_instances(self) -> int:
@@ -67,6 +69,7 @@ class MacroObservation:
             "rejected": self.rejected,
             "arrived": self.arrived,
             "serving": self.serving,
+            "queued": self.queued,
         }
 
     @classmethod
@@ -95,6 +98,7 @@ class MacroObservation:
             int(number("rejected") or 0),
             count("arrived"),
             count("serving"),
+            count("queued"),
         )
 
 
@@ -176,7 +180,9 @@ def _shrink_signal(m: MacroObservation, s: MitosisSettings) -> bool:
         return m.rejected == 0
     healthy = m.ttft_attainment is not None and m.ttft_attainment >= s.slo.attainment + s.attainment_margin
     band_top = s.slo.ttft * (m.size + 1) / m.size
-    return healthy and m.saved_tpot is not None and m.saved_tpot > band_top
+    # Nothing decoding right now (and nothing held) is all the slack there is: light load, not a missing figure.
+    idle_now = m.saved_tpot is None and not m.queued
+    return healthy and (idle_now or (m.saved_tpot is not None and m.saved_tpot > band_top))
 
 
 class MitosisPlanner:
@@ -210,11 +216,17 @@ class MitosisPlanner:
         return self._neutral_merge(group)
 
     def _learn_capacity(self, group: Sequence[MacroObservation], growing: Sequence[MacroObservation]) -> None:
-        """Completions per serving instance in windows where arrivals outran them are what an instance can
-        do; any healthy window's completions are a floor under that."""
+        """Completions per serving instance in windows where demand outran them (arrivals above completions
+        while the router had to hold or turn away requests) are what an instance can do; any healthy window's
+        completions are a floor under that. Arrivals above completions alone are no proof: long requests
+        still running do that too."""
         hot = {m.name for m in growing}
         measured = [m for m in group if m.arrived is not None and m.serving_instances > 0 and m.requests > 0]
-        saturated = [m for m in measured if m.name in hot and (m.arrived or 0) > _SATURATED * m.requests]
+        saturated = [
+            m
+            for m in measured
+            if m.name in hot and (m.arrived or 0) > _SATURATED * m.requests and ((m.queued or 0) > 0 or m.rejected > 0)
+        ]
         if saturated:
             self.capacity = sum(m.requests for m in saturated) / sum(m.serving_instances for m in saturated)
         elif self.capacity is not None and measured and not growing:

@@ -166,10 +166,11 @@ def test_full_queue_answers_429_with_retry_after():
         status = httpx.get(f"{mi['url']}/ecoserve/status", timeout=5).json()
         assert status["planner"]["rejected"] == 1 and status["window"]["rejected"] == 1
         assert set(status["planner"]) == {
-            *("requests", "ttft_mean", "ttft_attainment", "saved_tpot", "rejected", "arrived", "serving")
+            *("requests", "ttft_mean", "ttft_attainment", "saved_tpot", "rejected", "arrived", "serving", "queued")
         }
-        # Both requests arrived (the rejected one too), on the one instance the router serves with.
-        assert (status["planner"]["arrived"], status["window"]["arrived"], status["planner"]["serving"]) == (2, 2, 1)
+        # Both requests arrived (the rejected one too), on the one instance the router serves with; none waits.
+        planner = status["planner"]
+        assert (planner["arrived"], status["window"]["arrived"], planner["serving"], planner["queued"]) == (2, 2, 1, 0)
         assert _metric(mi["url"], "ecoserve_router_window_rejected") == 1
         assert _metric(mi["url"], "ecoserve_router_window_arrived") == 2
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,9 +40,9 @@ def ok(name: str, size: int) -> MacroObservation:
 
 
 def surge(name: str, size: int, arrived: int = 400, serving: int | None = None) -> MacroObservation:
-    """Overloaded: `arrived` requests came in while the serving instances finished 10 each."""
+    """Overloaded: `arrived` requests came in while the serving instances finished 10 each; the router holds some."""
     serving = size if serving is None else serving
-    return MacroObservation(name, size, 10 * serving, 9.0, 0.3, 0.1, 0, arrived, serving)
+    return MacroObservation(name, size, 10 * serving, 9.0, 0.3, 0.1, 0, arrived, serving, queued=20)
 
 
 def test_grow_when_mean_ttft_exceeds_the_slo_filling_the_fullest_partial_macro_instance():
@@ -158,9 +160,9 @@ def test_sizes_stay_within_bounds(bounds, rounds):
 
 
 def test_observations_travel_as_json_between_router_and_autoscaler():
-    sent = MacroObservation("ignored", 3, 40, 1.5, 0.95, 2.0, 2, 45, 3)
+    sent = MacroObservation("ignored", 3, 40, 1.5, 0.95, 2.0, 2, 45, 3, 7)
     back = MacroObservation.from_json("demo", 5, sent.to_json())
-    assert back == MacroObservation("demo", 5, 40, 1.5, 0.95, 2.0, 2, 45, 3)
+    assert back == MacroObservation("demo", 5, 40, 1.5, 0.95, 2.0, 2, 45, 3, 7)
     assert MacroObservation.from_json("demo", 1, {}) == MacroObservation("demo", 1)
     with pytest.raises(ValueError, match="ttft_mean"):
         MacroObservation.from_json("demo", 1, {"ttft_mean": "slow"})
@@ -209,9 +211,14 @@ def test_instances_still_starting_count_toward_what_is_needed():
 
 def test_no_estimate_without_arrival_counts_or_an_overloaded_window():
     assert planner().plan([hot("g", 6)], now=0.0).add == 1  # a router that does not report arrivals
-    steady = MacroObservation("g", 6, 100, 7.0, 0.6, 0.5, 0, 100, 6)  # slow, but arrivals == completions
+    steady = MacroObservation("g", 6, 100, 7.0, 0.6, 0.5, 0, 100, 6, 3)  # slow, but arrivals == completions
     p = planner()
     assert p.plan([steady], now=0.0).add == 1 and p.capacity is None
+    # More arrived than finished, but nothing waits at the router: long requests still running, not overload.
+    unqueued = MacroObservation("g", 6, 30, 7.0, 0.6, 0.5, 0, 60, 6, queued=0)
+    assert p.plan([unqueued], now=1.0).add == 1 and p.capacity is None
+    rejecting = replace(unqueued, rejected=4)  # turning requests away is overload
+    assert p.plan([rejecting], now=2.0).add == 4 and p.capacity == 5.0
 
 
 def test_shrink_waits_while_the_instances_left_could_not_carry_the_arrivals():
@@ -235,3 +242,11 @@ def test_healthy_windows_raise_the_learned_capacity():
 def test_settings_refuse_a_grow_step_below_one():
     with pytest.raises(ValueError, match="maxGrowStep"):
         MitosisSettings(slo=SLO5, min_instances=1, max_instances=4, max_grow_step=0)
+
+
+def test_nothing_decoding_at_a_healthy_moment_is_slack_unless_requests_wait():
+    # Light load: requests finished on time, and none is decoding when the planner looks.
+    between = MacroObservation("g", 8, 20, 0.3, 1.0, None, 0, 20, 8, queued=0)
+    assert planner(shrink_windows=1).plan([between], now=0.0).action is Action.SHRINK
+    waiting = replace(between, queued=2)
+    assert planner(shrink_windows=1).plan([waiting], now=0.0).action is Action.NONE

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.k8s
 HOT = {"requests": 50, "ttft_mean": 9.0, "ttft_attainment": 0.4, "saved_tpot": 0.1, "rejected": 0}
 STEADY = {"requests": 50, "ttft_mean": 2.0, "ttft_attainment": 0.95, "saved_tpot": 3.0, "rejected": 0}
 IDLE = {"requests": 0, "ttft_mean": None, "ttft_attainment": None, "saved_tpot": None, "rejected": 0}
-# Overloaded: 2 serving instances finished 20 requests (10 each) while 80 arrived, which need ceil(80 / 8.5) = 10.
-SURGE = HOT | {"requests": 20, "arrived": 80, "serving": 2}
+# Overloaded: 2 serving instances finished 20 requests (10 each) while 80 arrived (30 wait at the router); 80
+# arrivals need ceil(80 / 8.5) = 10 instances.
+SURGE = HOT | {"requests": 20, "arrived": 80, "serving": 2, "queued": 30}
 
 
 class Routers:
