@@ -10,17 +10,17 @@ The planner decides; the operator (or the simulator) carries the decision out.
 Sizing (ours; `Sizing.ONE_AT_A_TIME` is the paper's rule): the paper adds one instance per step, which cannot
 follow a load step — each step waits out a planning interval and a model load while the queue grows. With
 `Sizing.CAPACITY` the planner learns what one serving instance finishes per window from windows where demand
-outran it (arrivals above completions), grows by as many instances as the arrivals need at a target
-utilisation (at most `max_grow_step`, none while instances already starting cover them, like Kubernetes' HPA
-counts pods that are not ready yet), and shrinks only when the instances left could carry the arrivals, so a
-shrink is not undone by the next grow.
+outran it (arrivals above completions while the router held or turned away requests), grows by as many
+instances as the arrivals need at a target utilisation (at most `max_grow_step`, none while instances already
+starting cover them, as Kubernetes' HPA counts pods that are not ready yet), and shrinks only when the
+instances left could carry the arrivals, so that the next grow does not undo a shrink.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 from .state import SLO
@@ -140,10 +140,6 @@ class MitosisSettings:
                 f"need maxGrowStep >= 1 and 0 < target utilization <= 1, got {self.max_grow_step} and "
                 f"{self.target_utilization}"
             )
-
-    def paper(self) -> MitosisSettings:
-        """The same settings with the paper's sizing: one instance per grow, shrinks unchecked."""
-        return replace(self, sizing=Sizing.ONE_AT_A_TIME)
 
 
 @dataclass(frozen=True, slots=True)
